@@ -1,0 +1,1 @@
+"""The Attention Clusters network: pure torch, no I/O."""
