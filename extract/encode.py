@@ -51,6 +51,7 @@ def write_video(
     codec: str = "h264",
     rotation: int | None = None,
     crf: int = 18,
+    keyframe_interval: int | None = None,
 ) -> None:
     """Encode RGB frames (uint8 HxWx3) and optional mono float32 audio in [-1, 1] to an mp4.
 
@@ -58,7 +59,8 @@ def write_video(
     phones record portrait video: the coded picture stays as given and players (and our
     decoder) rotate it clockwise by `rotation` degrees on display.
     `crf` is x264's constant rate factor (0 lossless .. 51 worst; 18 is visually lossless);
-    it is ignored by codecs without that option.
+    it is ignored by codecs without that option. `keyframe_interval` (frames) sets the GOP
+    length; None keeps the encoder's default (x264: 250).
     """
     path = Path(path)
     if fps <= 0:
@@ -80,6 +82,8 @@ def write_video(
         video.pix_fmt = "yuv420p"
         if codec in ("h264", "libx264"):
             video.options = {"crf": str(crf), "preset": "veryfast"}
+        if keyframe_interval is not None:
+            video.codec_context.gop_size = keyframe_interval
         if rotation:
             # FFmpeg's display matrix angle is counter-clockwise; "rotate clockwise by r" = -r.
             video.set_display_rotation(-float(rotation))

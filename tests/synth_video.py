@@ -80,11 +80,13 @@ def make_clip(
     rotation: int | None = None,
     sample_rate: int = 16000,
     crf: int = 18,
+    keyframe_interval: int | None = None,
 ) -> Path:
     """Write an h264 mp4 of `n_frames` indexed frames (size is (w, h) as coded, before rotation).
 
     With `tone_hz`, an AAC mono sine of that pitch runs for the clip's length. `rotation` stores
-    a display rotation (clockwise degrees) in the stream's display matrix.
+    a display rotation (clockwise degrees) in the stream's display matrix. `keyframe_interval`
+    (frames) makes seeking cheap, so decoders take their seek path.
     """
 
     def frames() -> Iterator[np.ndarray]:
@@ -93,6 +95,13 @@ def make_clip(
 
     audio = None if tone_hz is None else tone(n_frames / fps, tone_hz, sample_rate)
     write_video(
-        path, frames(), fps, audio=audio, sample_rate=sample_rate, rotation=rotation, crf=crf
+        path,
+        frames(),
+        fps,
+        audio=audio,
+        sample_rate=sample_rate,
+        rotation=rotation,
+        crf=crf,
+        keyframe_interval=keyframe_interval,
     )
     return Path(path)

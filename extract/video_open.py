@@ -1,0 +1,54 @@
+"""Open a media file with PyAV and turn every way it can fail into one-line DecodeErrors.
+
+Why a module of its own: video and audio decoding share it, and the rule "a bad file is a
+DecodeError that names the file and says what is wrong" must hold in exactly one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import av
+from av.container import InputContainer
+
+from extract.errors import DecodeError
+
+# What PyAV and the file system raise on unreadable input. PyAV's errors subclass FFmpegError;
+# some broken containers surface as IndexError/ValueError/UnicodeDecodeError from PyAV internals.
+DECODE_FAILURES: tuple[type[BaseException], ...] = (
+    av.FFmpegError,
+    OSError,
+    ValueError,
+    IndexError,
+    StopIteration,
+    RuntimeError,
+)
+
+
+def reason_of(error: BaseException) -> str:
+    """A short reason without PyAV's repeated file name and errno prefix."""
+    reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return reason.strip().rstrip(".").lower()
+
+
+@contextmanager
+def open_media(path: str | Path) -> Iterator[InputContainer]:
+    """Yield an open input container; close it however the caller leaves."""
+    name = str(path)
+    file = Path(path)
+    if not file.exists():
+        raise DecodeError(f"{name}: no such file")
+    if file.is_dir():
+        raise DecodeError(f"{name}: is a directory, not a video file")
+    if file.stat().st_size == 0:
+        raise DecodeError(f"{name}: empty file (0 bytes)")
+    try:
+        container = av.open(name, mode="r", metadata_errors="ignore")
+    except DECODE_FAILURES as error:
+        raise DecodeError(f"{name}: not a readable media file ({reason_of(error)})") from error
+    try:
+        yield container
+    finally:
+        container.close()

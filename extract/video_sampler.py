@@ -1,0 +1,234 @@
+"""Fetch runs of consecutive frames at sorted times from one open video stream.
+
+This is the engine behind `read_rgb` (runs of 1 frame) and `read_gray_stacks` (runs of M).
+
+Which frame belongs to a time t: the frame whose presentation interval [pts_i, pts_i+1)
+contains t (a t before the first frame takes the first frame). A run is that frame and the
+frames that follow it in presentation order.
+
+Seek or decode on: decoding sequentially (with frame threads) is cheapest when positions are
+dense; seeking pays off when the keyframe before the next position lies well past the frame
+we are at, because everything between can then be skipped. The container's index (mp4 `stss`,
+mkv cues) gives the keyframes without decoding, so the choice is made per position: seek when it
+skips at least SEEK_MIN_SKIP_FRAMES frames, otherwise decode on. Without an index we only seek
+across gaps longer than NO_INDEX_SEEK_GAP_S. This is never slower than a plain sequential read
+by more than a seek's cost and is the same as one when positions are dense.
+
+Converted pixels are made only for frames that end up in a run, at the output size, in
+libswscale. Raw frames are held only while a run waits for its next frames, so memory stays at
+a few decoded frames whatever the video's length.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from av.container import InputContainer
+from av.video.frame import VideoFrame
+from av.video.stream import VideoStream
+
+from extract.errors import DecodeError
+from extract.video_open import DECODE_FAILURES, reason_of
+
+SEEK_MIN_SKIP_FRAMES = 16
+NO_INDEX_SEEK_GAP_S = 10.0
+
+
+class _Decoded:
+    """One decoded frame, its time, and its converted pixels once something needed them."""
+
+    __slots__ = ("frame", "time", "_pixels")
+
+    def __init__(self, frame: VideoFrame, time: float) -> None:
+        self.frame = frame
+        self.time = time
+        self._pixels: np.ndarray | None = None
+
+    def pixels(self, convert: Callable[[VideoFrame], np.ndarray]) -> np.ndarray:
+        if self._pixels is None:
+            self._pixels = convert(self.frame)
+        return self._pixels
+
+
+@dataclass
+class Run:
+    """Converted frames of one run and their times (seconds from the stream's start)."""
+
+    pixels: list[np.ndarray]
+    times: list[float]
+
+
+@dataclass
+class SampleResult:
+    runs: list[Run]
+    frames_decoded: int
+    seeks: int
+    stop_reason: str | None = None  # why decoding ended early, if it failed
+
+
+class _KeyframeIndex:
+    """Keyframe times from the container's index (decode timestamps: close enough to plan)."""
+
+    def __init__(self, stream: VideoStream, origin: float) -> None:
+        self._entries = stream.index_entries
+        self._base = stream.time_base
+        self._origin = origin
+        self.available = self._base is not None and len(self._entries) > 0
+
+    def before(self, time: float) -> float | None:
+        """Time of the last keyframe at or before `time`, None when there is none."""
+        timestamp = math.floor((time + self._origin) / self._base)
+        position = self._entries.search_timestamp(timestamp, backward=True)
+        if position < 0:
+            return None
+        return float(self._entries[position].timestamp * self._base) - self._origin
+
+
+def stream_origin(stream: VideoStream) -> float:
+    """The stream's start time in seconds; our times count from it."""
+    if stream.start_time is None or stream.time_base is None:
+        return 0.0
+    return float(stream.start_time * stream.time_base)
+
+
+def stream_fps(stream: VideoStream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else 25.0
+
+
+def _frames_from_here(container: InputContainer, stream: VideoStream) -> Iterator[VideoFrame]:
+    for packet in container.demux(stream):
+        yield from packet.decode()
+
+
+def sample_runs(
+    container: InputContainer,
+    stream: VideoStream,
+    starts: Sequence[float],
+    run_length: int,
+    convert: Callable[[VideoFrame], np.ndarray],
+    window_s: float,
+    name: str,
+) -> SampleResult:
+    """For each sorted start time, the frame containing it and the next run_length-1 frames.
+
+    Frames at or after `window_s` (seconds from the start) are never decoded. A run that would
+    pass the last frame is shifted back to end there; with fewer frames than run_length in the
+    whole window, the run is padded by repeating its last frame. A start time more than two
+    frames past the last frame that decoded means frames are missing (truncated or corrupt
+    file): DecodeError.
+    """
+    origin = stream_origin(stream)
+    frame_s = 1.0 / stream_fps(stream)
+    keyframes = _KeyframeIndex(stream, origin)
+    safety_s = max(3 * frame_s, 0.1)
+
+    runs: list[Run | None] = [None] * len(starts)
+    active: list[tuple[int, list[_Decoded]]] = []
+    recent: deque[_Decoded] = deque(maxlen=run_length)
+    next_start = 0
+    previous: _Decoded | None = None
+    last_time = -frame_s
+    frames_decoded = 0
+    seeks = 0
+    seeking_allowed = True
+    stop_reason: str | None = None
+
+    def finish(index: int, items: list[_Decoded]) -> None:
+        runs[index] = Run([item.pixels(convert) for item in items], [item.time for item in items])
+
+    def seek_target() -> float | None:
+        """Where to seek before the next start, or None to decode on."""
+        if not seeking_allowed or active or next_start >= len(starts):
+            return None
+        target = starts[next_start] - safety_s
+        if target <= last_time:
+            return None
+        if keyframes.available:
+            keyframe = keyframes.before(target)
+            worth = keyframe is not None and keyframe - last_time >= SEEK_MIN_SKIP_FRAMES * frame_s
+        else:
+            worth = target - last_time >= NO_INDEX_SEEK_GAP_S
+        return target if worth else None
+
+    finished = False
+    just_sought = False
+    while not finished:
+        target = seek_target()
+        if target is not None:
+            container.seek(
+                max(0, math.floor((target + origin) / stream.time_base)),
+                stream=stream,
+                backward=True,
+            )
+            seeks += 1
+            previous = None
+            recent.clear()
+            just_sought = True
+        finished = True
+        try:
+            for frame in _frames_from_here(container, stream):
+                time = last_time + frame_s if frame.time is None else frame.time - origin
+                if just_sought:
+                    just_sought = False
+                    if time > starts[next_start]:
+                        # The seek landed past the frame we need: restart from the beginning
+                        # and read on without seeking (always right, rarely needed).
+                        container.seek(0, stream=stream, backward=True)
+                        seeking_allowed = False
+                        last_time = -frame_s
+                        finished = False
+                        break
+                if time >= window_s:
+                    break
+                item = _Decoded(frame, time)
+                frames_decoded += 1
+                while next_start < len(starts) and starts[next_start] < time:
+                    active.append((next_start, [previous if previous is not None else item]))
+                    next_start += 1
+                still_active = []
+                for index, items in active:
+                    if len(items) < run_length and items[-1] is not item:
+                        items.append(item)
+                    if len(items) == run_length:
+                        finish(index, items)
+                    else:
+                        still_active.append((index, items))
+                active = still_active
+                previous = item
+                recent.append(item)
+                last_time = time
+                if next_start >= len(starts) and not active:
+                    break
+                if seek_target() is not None:
+                    finished = False
+                    break
+        except DECODE_FAILURES as error:
+            stop_reason = reason_of(error)
+            finished = True
+
+    if previous is None:
+        detail = f" ({stop_reason})" if stop_reason else ""
+        raise DecodeError(f"{name}: no decodable video frames{detail}")
+    if next_start < len(starts) and starts[next_start] > last_time + 2 * frame_s:
+        why = f": {stop_reason}" if stop_reason else ""
+        raise DecodeError(
+            f"{name}: truncated or corrupt, frames end at {last_time:.2f}s "
+            f"but {starts[next_start]:.2f}s is needed{why}"
+        )
+    tail = list(recent)
+    while len(tail) < run_length:
+        tail.append(tail[-1])
+    for index in [i for i, _ in active] + list(range(next_start, len(starts))):
+        finish(index, tail)
+    return SampleResult(
+        runs=[run for run in runs if run is not None],
+        frames_decoded=frames_decoded,
+        seeks=seeks,
+        stop_reason=stop_reason,
+    )
+
