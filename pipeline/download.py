@@ -359,8 +359,8 @@ def _unpack_rar(archive: Path, dest: Path) -> None:
         raise UserError(f"no tool to unpack {archive.name}: {RAR_INSTALL_HINT}")
     errors = []
     for tool in tools:
-        for leftover in dest.iterdir():  # a tool that failed half-way leaves partial output
-            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        shutil.rmtree(dest)  # a tool that failed half-way leaves partial output
+        dest.mkdir()
         result = subprocess.run(
             _rar_command(tool, archive, dest), capture_output=True, text=True, check=False
         )
