@@ -52,6 +52,7 @@ def write_video(
     rotation: int | None = None,
     crf: int = 18,
     keyframe_interval: int | None = None,
+    faststart: bool = False,
 ) -> None:
     """Encode RGB frames (uint8 HxWx3) and optional mono float32 audio in [-1, 1] to an mp4.
 
@@ -60,7 +61,8 @@ def write_video(
     decoder) rotate it clockwise by `rotation` degrees on display.
     `crf` is x264's constant rate factor (0 lossless .. 51 worst; 18 is visually lossless);
     it is ignored by codecs without that option. `keyframe_interval` (frames) sets the GOP
-    length; None keeps the encoder's default (x264: 250).
+    length; None keeps the encoder's default (x264: 250). `faststart` puts the index (moov)
+    before the data, as web downloads do, so a truncated copy still opens.
     """
     path = Path(path)
     if fps <= 0:
@@ -75,7 +77,8 @@ def write_video(
     _check_frame(first, None)
     shape = first.shape
 
-    with av.open(str(path), mode="w", format="mp4") as container:
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), mode="w", format="mp4", options=options) as container:
         video = container.add_stream(codec, rate=_fps_fraction(fps))
         height, width = _even(first).shape[:2]
         video.width, video.height = width, height

@@ -61,6 +61,9 @@ class DecodeLimits:
     threads: int = 0  # decoder threads; 0 lets FFmpeg choose (one per core)
 
 
+DEFAULT_LIMITS = DecodeLimits()
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     path: str
@@ -212,7 +215,7 @@ def _rgb_converter(
     return convert
 
 
-def probe(path: str | Path, limits: DecodeLimits = DecodeLimits()) -> VideoInfo:
+def probe(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> VideoInfo:
     """What the file holds. Decodes its first frame, which is where rotation is found."""
     name = str(path)
     with _open_video(path, limits) as (container, stream):
@@ -261,7 +264,7 @@ def read_rgb(
     k: int,
     resize_short: int | None = 256,
     crop: int | tuple[int, int] | None = 224,
-    limits: DecodeLimits = DecodeLimits(),
+    limits: DecodeLimits = DEFAULT_LIMITS,
 ) -> SampledFrames:
     """K RGB frames at segment centres, short side resized to `resize_short`, centre-cropped.
 
@@ -287,7 +290,7 @@ def read_gray_stacks(
     k: int,
     frames_per_stack: int = 6,
     size: tuple[int, int] = (340, 256),
-    limits: DecodeLimits = DecodeLimits(),
+    limits: DecodeLimits = DEFAULT_LIMITS,
 ) -> SampledStacks:
     """K stacks of M consecutive grey frames centred on segment centres, resized to (W, H)."""
     if frames_per_stack < 2:

@@ -36,6 +36,9 @@ from extract.video_open import DECODE_FAILURES, reason_of
 
 SEEK_MIN_SKIP_FRAMES = 16
 NO_INDEX_SEEK_GAP_S = 10.0
+# A time within this of a frame's start belongs to that frame: centres computed in floating
+# point land a hair before exact frame boundaries (e.g. 14.5 * 0.08 vs 29 / 25).
+BOUNDARY_EPS_S = 1e-6
 
 
 class _Decoded:
@@ -175,7 +178,7 @@ def sample_runs(
                 time = last_time + frame_s if frame.time is None else frame.time - origin
                 if just_sought:
                     just_sought = False
-                    if time > starts[next_start]:
+                    if time > starts[next_start] + BOUNDARY_EPS_S:
                         # The seek landed past the frame we need: restart from the beginning
                         # and read on without seeking (always right, rarely needed).
                         container.seek(0, stream=stream, backward=True)
@@ -187,7 +190,7 @@ def sample_runs(
                     break
                 item = _Decoded(frame, time)
                 frames_decoded += 1
-                while next_start < len(starts) and starts[next_start] < time:
+                while next_start < len(starts) and starts[next_start] + BOUNDARY_EPS_S < time:
                     active.append((next_start, [previous if previous is not None else item]))
                     next_start += 1
                 still_active = []
@@ -214,11 +217,11 @@ def sample_runs(
     if previous is None:
         detail = f" ({stop_reason})" if stop_reason else ""
         raise DecodeError(f"{name}: no decodable video frames{detail}")
-    if next_start < len(starts) and starts[next_start] > last_time + 2 * frame_s:
+    if next_start < len(starts) and starts[-1] > last_time + 2 * frame_s:
         why = f": {stop_reason}" if stop_reason else ""
         raise DecodeError(
             f"{name}: truncated or corrupt, frames end at {last_time:.2f}s "
-            f"but {starts[next_start]:.2f}s is needed{why}"
+            f"but {starts[-1]:.2f}s is needed{why}"
         )
     tail = list(recent)
     while len(tail) < run_length:

@@ -81,12 +81,14 @@ def make_clip(
     sample_rate: int = 16000,
     crf: int = 18,
     keyframe_interval: int | None = None,
+    faststart: bool = False,
 ) -> Path:
     """Write an h264 mp4 of `n_frames` indexed frames (size is (w, h) as coded, before rotation).
 
     With `tone_hz`, an AAC mono sine of that pitch runs for the clip's length. `rotation` stores
     a display rotation (clockwise degrees) in the stream's display matrix. `keyframe_interval`
-    (frames) makes seeking cheap, so decoders take their seek path.
+    (frames) makes seeking cheap, so decoders take their seek path. `faststart` writes the
+    index first, so truncated copies still open (as web downloads do).
     """
 
     def frames() -> Iterator[np.ndarray]:
@@ -103,5 +105,6 @@ def make_clip(
         rotation=rotation,
         crf=crf,
         keyframe_interval=keyframe_interval,
+        faststart=faststart,
     )
     return Path(path)
