@@ -1,0 +1,116 @@
+"""Checkpoints: one file, written atomically, read without ever running code from it.
+
+The file is `torch.save` of a dict holding only tensors and plain data (str, int, float,
+bool, None, lists, dicts), so `torch.load(weights_only=True)` reads it; anything else in the
+file (a pickled object, a truncated archive, a newer format) is refused with a UserError.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from extract.errors import UserError
+
+CHECKPOINT_FORMAT = "attention-clusters-checkpoint"
+CHECKPOINT_VERSION = 1
+REQUIRED_KEYS = ("model_config", "state_dict", "classes", "task", "modalities")
+
+
+def software_versions() -> dict[str, str]:
+    """Versions that decide whether a checkpoint reproduces: python, torch, numpy."""
+    return {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "numpy": str(np.__version__),
+    }
+
+
+def to_plain(value: Any) -> Any:
+    """Plain data that weights_only loading accepts: str/int/float/bool/None, lists, dicts with
+    string keys, tensors. Subclasses (TorchVersion, numpy scalars, Path) become their base."""
+    if value is None or isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value)
+    if isinstance(value, str | Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_plain(v) for v in value]
+    raise TypeError(f"cannot store {type(value).__name__} in a checkpoint")
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write `payload` (+ format name, version, software) to `path` atomically.
+
+    A temp file in the same directory then os.replace: a reader never sees half a file, and
+    a crash mid-write leaves the previous checkpoint intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = to_plain(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "software": software_versions(),
+            **payload,
+            "state_dict": {k: v.detach().cpu() for k, v in payload["state_dict"].items()},
+        }
+    )
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(content, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def short_reason(exc: Exception) -> str:
+    """The informative line of a torch.load failure, without its advice and colour codes."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line]
+    detail = next((line for line in lines if "Unpickler error" in line), lines[0] if lines else "")
+    return f"{type(exc).__name__}: {detail[:160]}" if detail else type(exc).__name__
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint on CPU with weights_only=True and check its format and version."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
+        raise UserError(
+            f"{path} is not a valid checkpoint (unreadable or unsafe content: {short_reason(exc)})"
+        ) from None
+    if not isinstance(content, dict) or content.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not an attention-clusters checkpoint")
+    version = content.get("format_version")
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise UserError(
+            f"{path} has checkpoint format version {version}; this software reads up to "
+            f"{CHECKPOINT_VERSION} (upgrade it)"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in content]
+    if missing:
+        raise UserError(f"{path} is an incomplete checkpoint (missing {', '.join(missing)})")
+    return content
