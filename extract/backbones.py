@@ -89,9 +89,15 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 
 def load_weights_into(
-    module: nn.Module, path: str | os.PathLike[str], ignorable_prefixes: Iterable[str] = ()
+    module: nn.Module,
+    path: str | os.PathLike[str],
+    ignorable_prefixes: Iterable[str] = (),
+    assign: bool = False,
 ) -> None:
-    """Load a user's weights file strictly; extra keys are tolerated only under a removed head."""
+    """Load a weights file strictly; extra keys are tolerated only under a removed head.
+
+    `assign=True` adopts the file's tensors, for modules built on the meta device (no init cost).
+    """
     state = read_state_dict(path)
     expected = module.state_dict()
     prefixes = tuple(ignorable_prefixes)
@@ -114,7 +120,7 @@ def load_weights_into(
             f"{path}: does not match the {type(module).__name__} architecture: "
             + "; ".join(problems)
         )
-    module.load_state_dict({k: state[k] for k in expected}, strict=True)
+    module.load_state_dict({k: state[k] for k in expected}, strict=True, assign=assign)
 
 
 # ---------------------------------------------------------------- network surgery
