@@ -1,0 +1,327 @@
+"""Run one function over many items on Dask workers; results come back to this process.
+
+Generic on purpose: it knows nothing about videos. Workers only compute; `on_result` runs in
+the client, so a single process writes the store. Tasks are submitted lazily with a bounded
+number in flight (memory stays flat for any number of items), a task that raises becomes a
+failed result, a worker that dies has its task retried elsewhere, and Ctrl-C / SIGTERM stop the
+run cleanly so the caller can flush what is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import dask
+from distributed import Client, LocalCluster, as_completed
+
+from extract.errors import UserError
+
+T = TypeVar("T")
+
+FAILED = "failed"
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+_worker_cache: dict[Hashable, Any] = {}
+_worker_cache_lock = threading.Lock()
+
+
+def worker_cached(key: Hashable, factory: Callable[[], T]) -> T:
+    """The object made by `factory` for `key`, made once per worker process and then reused.
+
+    This is how models load once per worker rather than once per video: call it inside the
+    task function with a key derived from the model config (see `config_key`).
+    """
+    with _worker_cache_lock:
+        if key not in _worker_cache:
+            _worker_cache[key] = factory()
+        return _worker_cache[key]
+
+
+def config_key(name: str, config: Mapping[str, Any]) -> tuple[str, str]:
+    """A hashable cache key for a (JSON-able) config: equal configs share one cached object."""
+    import json
+
+    return name, json.dumps(config, sort_keys=True, default=str)
+
+
+def task_failure(error: str) -> dict[str, str]:
+    """The result a task gets when it raised or killed its workers."""
+    return {"status": FAILED, "error": error}
+
+
+def _describe(exc: BaseException) -> str:
+    message = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {message[-1] if message else ''}".rstrip(": ")
+
+
+def _guarded(worker_fn: Callable[[Any], Any], payload: Any) -> Any:
+    """Runs on the worker: an exception becomes a failed result instead of a failed task."""
+    try:
+        return worker_fn(payload)
+    except (Exception, SystemExit) as exc:  # every failure is reported per item
+        return task_failure(_describe(exc))
+
+
+def default_outcome(result: Any) -> str:
+    """Label used for the summary counts: a result's "status", else "done"."""
+    if isinstance(result, Mapping) and isinstance(result.get("status"), str):
+        return result["status"]
+    return "done"
+
+
+@dataclass
+class RunSummary:
+    """What happened: counts per outcome label, the failures, and whether it was cut short."""
+
+    total: int | None
+    completed: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    failures: list[tuple[int, str]] = field(default_factory=list)
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "completed": self.completed,
+            "counts": dict(self.counts),
+            "failures": [{"row": row, "error": error} for row, error in self.failures],
+            "interrupted": self.interrupted,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def format_run_summary(summary: RunSummary, max_failures: int = 20) -> str:
+    counts = ", ".join(f"{n} {label}" for label, n in sorted(summary.counts.items())) or "nothing"
+    rate = summary.completed / summary.seconds if summary.seconds > 0 else 0.0
+    head = "interrupted" if summary.interrupted else "finished"
+    lines = [
+        f"{head}: {summary.completed}/{summary.total or summary.completed} items in "
+        f"{summary.seconds:.1f} s ({rate:.2f}/s): {counts}"
+    ]
+    lines += [f"  row {row}: {error}" for row, error in summary.failures[:max_failures]]
+    if len(summary.failures) > max_failures:
+        lines.append(f"  ... and {len(summary.failures) - max_failures} more failures")
+    return "\n".join(lines)
+
+
+def local_cluster_size(workers: int | None, cores: int | None = None) -> tuple[int, int]:
+    """(worker processes, math-library threads per worker) so workers share the cores."""
+    cores = cores or os.cpu_count() or 1
+    count = max(1, workers or cores)
+    return count, max(1, cores // count)
+
+
+@contextlib.contextmanager
+def dask_client(
+    scheduler: str | None = None,
+    workers: int | None = None,
+    threads_per_worker: int = 1,
+    retries: int = 2,
+    connect_timeout_s: float = 20.0,
+) -> Iterator[Client]:
+    """A client on an existing scheduler address, or on a LocalCluster sized to the machine.
+
+    The local cluster runs one process per worker and gives each `cores / workers` threads for
+    torch/OpenMP, so workers do not oversubscribe the cores. `retries` is how many times a task
+    may lose its worker before it fails (the scheduler's allowed-failures); on an existing
+    cluster that setting belongs to its scheduler.
+    """
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout=connect_timeout_s)
+        except (OSError, TimeoutError) as exc:
+            raise UserError(
+                f"cannot reach the Dask scheduler at {scheduler} (--scheduler): {_describe(exc)}"
+            ) from exc
+        with client:
+            yield client
+        return
+    count, math_threads = local_cluster_size(workers)
+    env = dict.fromkeys(THREAD_ENV_VARS, str(math_threads))
+    # Saturation 1.0: a worker holds only the task it runs, so when a video kills its worker
+    # no innocent queued task is blamed (and failed) with it.
+    settings = {"distributed.scheduler.allowed-failures": retries,
+                "distributed.scheduler.worker-saturation": 1.0}
+    with dask.config.set(settings):
+        cluster = LocalCluster(
+            n_workers=count,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            env=env,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        )
+    with cluster, Client(cluster) as client:
+        yield client
+
+
+class _StopSignals:
+    """Ctrl-C and SIGTERM stop the run, but never in the middle of `on_result`.
+
+    A signal during `on_result` (which may be writing the store) is remembered and acted on
+    right after it returns; a second signal there, or one while waiting for results, raises
+    KeyboardInterrupt at once.
+    """
+
+    def __init__(self) -> None:
+        self.in_critical = False
+        self.requested = False
+
+    def handle(self, signum: int, frame: object) -> None:
+        if self.in_critical and not self.requested:
+            self.requested = True
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def critical(self) -> Iterator[None]:
+        self.in_critical = True
+        try:
+            yield
+        finally:
+            self.in_critical = False
+        if self.requested:
+            raise KeyboardInterrupt
+
+
+def run_tasks(
+    items: Iterable[tuple[int, Any]],
+    worker_fn: Callable[[Any], Any],
+    *,
+    on_result: Callable[[int, Any], None],
+    client: Client | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    threads_per_worker: int = 1,
+    retries: int = 2,
+    max_in_flight: int | None = None,
+    total: int | None = None,
+    progress: bool = True,
+    outcome: Callable[[Any], str] = default_outcome,
+    description: str = "items",
+) -> RunSummary:
+    """Run `worker_fn(payload)` for every (row, payload); call `on_result(row, result)` here.
+
+    `worker_fn` must be importable by the workers (a module-level function). A task that
+    raises, or that kills `retries + 1` workers, yields `task_failure(...)` as its result and
+    the run goes on. Returns early with `interrupted=True` on Ctrl-C or SIGTERM; an exception
+    from `on_result` (e.g. a full disk) stops the run and propagates.
+    """
+    if client is None:
+        with dask_client(scheduler, workers, threads_per_worker, retries) as own_client:
+            return run_tasks(
+                items,
+                worker_fn,
+                on_result=on_result,
+                client=own_client,
+                max_in_flight=max_in_flight,
+                total=total,
+                progress=progress,
+                outcome=outcome,
+                description=description,
+            )
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    threads = sum(client.nthreads().values()) or 1
+    limit = max_in_flight or 2 * threads + 2
+    summary = RunSummary(total=total)
+    started = time.monotonic()
+    stops = _StopSignals()
+    with stops.installed(), _progress_bar(total, progress, description) as bar:
+        _drive(client, iter(items), worker_fn, on_result, limit, summary, outcome, bar, stops)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int | None, enabled: bool, description: str) -> Iterator[Any]:
+    from tqdm import tqdm
+
+    with tqdm(
+        total=total,
+        disable=not enabled,
+        unit=description.rstrip("s") or "item",
+        desc=description,
+        dynamic_ncols=True,
+        smoothing=0.05,
+    ) as bar:
+        yield bar
+
+
+def _drive(
+    client: Client,
+    items: Iterator[tuple[int, Any]],
+    worker_fn: Callable[[Any], Any],
+    on_result: Callable[[int, Any], None],
+    limit: int,
+    summary: RunSummary,
+    outcome: Callable[[Any], str],
+    bar: Any,
+    stops: _StopSignals,
+) -> None:
+    """Keep `limit` tasks in flight, hand each result to `on_result` as it completes."""
+    run_id = uuid.uuid4().hex[:8]
+    prefix = getattr(worker_fn, "__name__", "task")
+    rows: dict[Any, int] = {}
+    pending = as_completed(loop=client.loop)
+
+    def submit_next() -> None:
+        item = next(items, None)
+        if item is None:
+            return
+        row, payload = item
+        future = client.submit(
+            _guarded, worker_fn, payload, key=f"{prefix}-{run_id}-{row}", pure=False
+        )
+        rows[future.key] = int(row)
+        pending.add(future)
+
+    try:
+        for _ in range(limit):
+            submit_next()
+        for future in pending:
+            row = rows.pop(future.key)
+            try:
+                result = future.result()
+            except (Exception, SystemExit) as exc:  # e.g. KilledWorker after the retries
+                result = task_failure(_describe(exc))
+            future.release()
+            label = outcome(result)
+            summary.counts[label] += 1
+            if label == FAILED and isinstance(result, Mapping):
+                summary.failures.append((row, str(result.get("error", ""))))
+            with stops.critical():
+                on_result(row, result)
+                summary.completed += 1
+                bar.update(1)
+                bar.set_postfix(failed=summary.counts[FAILED], refresh=False)
+            submit_next()
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        outstanding = list(pending.futures)
+        if outstanding:
+            client.cancel(outstanding)
