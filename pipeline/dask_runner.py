@@ -10,6 +10,7 @@ run cleanly so the caller can flush what is done.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 
 import dask
 from distributed import Client, LocalCluster, as_completed
+from distributed.scheduler import KilledWorker
 
 from extract.errors import UserError
 
@@ -49,8 +51,6 @@ def worker_cached(key: Hashable, factory: Callable[[], T]) -> T:
 
 def config_key(name: str, config: Mapping[str, Any]) -> tuple[str, str]:
     """A hashable cache key for a (JSON-able) config: equal configs share one cached object."""
-    import json
-
     return name, json.dumps(config, sort_keys=True, default=str)
 
 
@@ -60,8 +60,8 @@ def task_failure(error: str) -> dict[str, str]:
 
 
 def _describe(exc: BaseException) -> str:
-    message = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {message[-1] if message else ''}".rstrip(": ")
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
 
 
 def _guarded(worker_fn: Callable[[Any], Any], payload: Any) -> Any:
@@ -306,7 +306,12 @@ def _drive(
             row = rows.pop(future.key)
             try:
                 result = future.result()
-            except (Exception, SystemExit) as exc:  # e.g. KilledWorker after the retries
+            except KilledWorker as exc:
+                deaths = exc.allowed_failures + 1
+                result = task_failure(f"KilledWorker: {deaths} worker process"
+                                      f"{'es' if deaths > 1 else ''} died running this item "
+                                      "(crash, segfault or out of memory)")
+            except (Exception, SystemExit) as exc:  # e.g. an unpicklable result
                 result = task_failure(_describe(exc))
             future.release()
             label = outcome(result)
