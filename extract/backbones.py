@@ -435,3 +435,24 @@ def build_backbone(
             "random, torchvision:<model>, timm:<model>)"
         )
     return builder(dict(spec), modality, device)
+
+
+def rebuild_backbone(config: dict[str, Any], device: torch.device | str = "cpu") -> Backbone:
+    """Rebuild the backbone a recorded `config()` describes, refusing different weights.
+
+    `classify` must see features computed exactly like the training store's, so a weights file
+    whose sha256 differs from the recorded one is an error, not a silent mismatch.
+    """
+    try:
+        spec, modality = config["spec"], config["modality"]
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"recorded backbone config lacks 'spec'/'modality': {config!r}") from exc
+    backbone = build_backbone(spec, modality, device)
+    recorded, found = config.get("sha256"), backbone.config().get("sha256")
+    if recorded != found:
+        raise UserError(
+            f"{modality} backbone {spec.get('name')!r}: weights file "
+            f"{backbone.config().get('weights_file')} has sha256 {found}, but the features were "
+            f"extracted with {recorded}; use the same weights file"
+        )
+    return backbone

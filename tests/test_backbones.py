@@ -12,7 +12,12 @@ import torch.nn.functional as F
 import torchvision
 from sklearn.datasets import load_sample_images
 
-from extract.backbones import build_backbone, extract_batched, inflate_first_conv
+from extract.backbones import (
+    build_backbone,
+    extract_batched,
+    inflate_first_conv,
+    rebuild_backbone,
+)
 from extract.efficientnet_lite import packaged_weights_path
 from extract.errors import UserError
 
@@ -230,3 +235,18 @@ def test_cuda_matches_cpu(lite0_rgb):
     frames = np.random.default_rng(5).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     on_gpu = build_backbone({"name": "efficientnet_lite0"}, "rgb", "cuda")
     torch.testing.assert_close(on_gpu(frames), lite0_rgb(frames), rtol=1e-3, atol=1e-3)
+
+
+def test_rebuild_refuses_changed_weights(lite0_flow, tmp_path):
+    weights = tmp_path / "flow.pth"
+    torch.save(lite0_flow.network.state_dict(), weights)
+    original = build_backbone({"name": "efficientnet_lite0", "weights_file": str(weights)}, "flow")
+    stacks = np.random.default_rng(6).integers(0, 256, (1, 10, 32, 32), dtype=np.uint8)
+    assert torch.equal(rebuild_backbone(original.config())(stacks), original(stacks))
+    changed = lite0_flow.network.state_dict()
+    changed["_bn1.bias"] = changed["_bn1.bias"] + 1.0
+    torch.save(changed, weights)
+    with pytest.raises(UserError, match=r"flow\.pth has sha256 .* extracted with"):
+        rebuild_backbone(original.config())
+    with pytest.raises(UserError, match="lacks 'spec'"):
+        rebuild_backbone({"name": "efficientnet_lite0"})
