@@ -508,7 +508,8 @@ def create_store(path: str | Path, *, dataset: str, task: str, classes: Sequence
             shutil.rmtree(path)
         if path.exists():
             store = open_store(path, writable=True)
-            _check_resumable(store, dataset=dataset, task=task, ids=ids, modalities=wanted)
+            _check_resumable(store, dataset=dataset, task=task, ids=ids, classes=classes,
+                             modalities=wanted)
             store._group.attrs["classes"] = list(classes)
             store.classes = list(classes)
             _write_videos(store._group, task=task, labels=labels, splits=splits,
@@ -521,11 +522,14 @@ def create_store(path: str | Path, *, dataset: str, task: str, classes: Sequence
 
 
 def _check_resumable(store: FeatureStore, *, dataset: str, task: str, ids: Sequence[str],
-                     modalities: Mapping[str, ModalitySpec]) -> None:
+                     classes: Sequence[str], modalities: Mapping[str, ModalitySpec]) -> None:
     advice = "use --overwrite or another --out"
     if store.dataset != dataset or store.task != task:
         raise StoreError(f"{store.path} holds dataset '{store.dataset}' ({store.task}-label), "
                          f"not '{dataset}' ({task}-label): {advice}")
+    if task == "multi" and len(classes) != len(store.classes):
+        raise StoreError(f"{store.path} has {len(store.classes)} classes, not {len(classes)}: "
+                         f"{advice}")
     if store.ids != list(ids):
         raise StoreError(f"{store.path} was made for a different list of videos "
                          f"({store.n} vs {len(ids)}): {advice}")

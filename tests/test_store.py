@@ -240,6 +240,10 @@ def test_different_config_is_refused_with_a_clear_message(tmp_path):
         make_store(path, n=7)
     with pytest.raises(UserError, match="dataset 'toy'"):
         make_store(path, n=6, dataset="ucf101")
+    make_store(tmp_path / "multi.zarr", n=6, task="multi", labels=np.ones((6, 3)))
+    with pytest.raises(UserError, match="has 3 classes, not 4"):
+        make_store(tmp_path / "multi.zarr", n=6, task="multi", labels=np.ones((6, 4)),
+                   classes=[*CLASSES, "dive"])
     fewer = modalities()
     del fewer["audio"]
     with pytest.raises(UserError, match="holds modalities"):
