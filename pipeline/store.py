@@ -281,7 +281,7 @@ class FeatureStore:
         """
         if len(rows) != len(results):
             raise ValueError("rows and results differ in length")
-        if not rows:
+        if len(rows) == 0:
             return
         order = np.argsort(np.asarray(rows, dtype=np.int64), kind="stable")
         sorted_rows = np.asarray(rows, dtype=np.int64)[order]
