@@ -265,7 +265,10 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig) -> TrainR
     )
     task, classes = data.info.task, data.info.classes
     model = build_model(data, config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # fused: one kernel per step instead of ~10 passes over the wide head's weights.
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+    )
     scheduler = make_scheduler(optimizer, config)
     headline = headline_metric(task)
     history: list[dict[str, Any]] = []

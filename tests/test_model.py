@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model.attention import UNIT_KINDS, AttentionCluster, masked_softmax
-from model.network import AttentionClusterNet, loss_fn, probabilities
+from model.network import AttentionClusterNet, UniformDropout, loss_fn, probabilities
 
 B, L, D, N = 3, 7, 16, 4
 
@@ -222,3 +222,16 @@ def test_invalid_arguments_are_rejected() -> None:
         make_net(head="deep")
     with pytest.raises(ValueError, match="unknown task"):
         loss_fn("regression")
+
+
+def test_uniform_dropout_keeps_expectation_and_is_identity_in_eval() -> None:
+    torch.manual_seed(6)
+    dropout = UniformDropout(0.25)
+    x = torch.ones(200, 500)
+    dropped = dropout(x)
+    kept = dropped != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.01
+    torch.testing.assert_close(dropped[kept], torch.full_like(dropped[kept], 1 / 0.75))
+    assert torch.equal(dropout.eval()(x), x)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        UniformDropout(1.0)
