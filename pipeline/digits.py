@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import cv2
 import numpy as np
 
 from extract.errors import UserError
@@ -148,14 +149,14 @@ def load_mnist(folder: Path) -> DigitPools:
 def mnist_like(small: np.ndarray, value_max: float) -> np.ndarray:
     """Upscale small grey digits (N, h, w) bilinearly into MNIST's 20x20 box inside 28x28,
     scaled to 0-255, so a LeNet sees the same geometry as with real MNIST."""
-    import torch
-    import torch.nn.functional as F
-
-    scaled = torch.from_numpy(small.astype(np.float32) / value_max)[:, None]
-    box = F.interpolate(scaled, size=(DIGIT_BOX, DIGIT_BOX), mode="bilinear", align_corners=False)
     margin = (IMAGE_SIZE - DIGIT_BOX) // 2
-    canvas = F.pad(box, (margin, margin, margin, margin))
-    return (canvas[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    out = np.zeros((len(small), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    for index, image in enumerate(small.astype(np.float32) * (255.0 / value_max)):
+        box = cv2.resize(image, (DIGIT_BOX, DIGIT_BOX), interpolation=cv2.INTER_LINEAR)
+        out[index, margin : margin + DIGIT_BOX, margin : margin + DIGIT_BOX] = np.clip(
+            box.round(), 0, 255
+        )
+    return out
 
 
 def load_sklearn_digits() -> DigitPools:

@@ -29,6 +29,7 @@ NOISE = -1  # frame_digit value of a frame that holds no digit
 NOISE_LABEL = 10  # class of a pure-noise frame for the LeNet pre-training (digits are 0-9)
 CHUNK_VIDEOS = 1024
 STORE_NAME = "flash-mnist.zarr"
+NOISE_SLICE = 1 << 20  # pixels drawn at once: bounds the temporary arrays to ~12 MB
 SPLIT_IDS = {"train": 0, "test": 1}
 
 
@@ -37,12 +38,23 @@ def class_masks() -> np.ndarray:
     return (np.arange(CLASSES)[:, None] >> np.arange(DIGITS)[None, :]) & 1 == 1
 
 
-def sample_noise(rng: np.random.Generator, histogram: np.ndarray, shape: tuple[int, ...]):
-    """uint8 pixels drawn independently from a 256-bin intensity histogram (inverse CDF)."""
+def sample_noise(
+    rng: np.random.Generator, histogram: np.ndarray, shape: tuple[int, ...]
+) -> np.ndarray:
+    """uint8 pixels drawn independently from a 256-bin intensity histogram (inverse CDF).
+
+    Drawn in slices of about a million pixels, because the float draws and the int64 indices
+    of a whole 1024-video chunk would need ~20x the chunk's own memory."""
     cdf = np.cumsum(histogram)
     cdf /= cdf[-1]
-    values = np.searchsorted(cdf, rng.random(shape, dtype=np.float32), side="right")
-    return np.minimum(values, 255).astype(np.uint8)
+    out = np.empty(shape, dtype=np.uint8)
+    flat = out.reshape(-1)
+    for start in range(0, flat.size, NOISE_SLICE):
+        draws = rng.random(min(NOISE_SLICE, flat.size - start), dtype=np.float32)
+        flat[start : start + len(draws)] = np.minimum(
+            np.searchsorted(cdf, draws, side="right"), 255
+        )
+    return out
 
 
 def make_videos(

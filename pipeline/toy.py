@@ -224,7 +224,7 @@ def render_frames(clip: Clip) -> Iterator[np.ndarray]:
             distance = np.sqrt(dx**2 + (ys - y) ** 2)
             coverage = np.maximum(coverage, np.clip(clip.radius - distance + 0.5, 0.0, 1.0))
         image = background + coverage[..., None] * (colour - background)
-        image += rng.normal(0.0, clip.noise_sigma, size=image.shape).astype(np.float32)
+        image += np.float32(clip.noise_sigma) * rng.standard_normal(image.shape, np.float32)
         yield np.clip(image, 0, 255).round().astype(np.uint8)
 
 
