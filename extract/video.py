@@ -39,12 +39,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import av
 import numpy as np
 from av.container import InputContainer
 from av.video.frame import VideoFrame
+from av.video.reformatter import Interpolation, VideoReformatter
 from av.video.stream import VideoStream
 
 from extract.errors import DecodeError, UserError
@@ -167,11 +169,21 @@ def _displayed_size(
     return (height, width) if rotation in (90, 270) else (width, height)
 
 
-def _scale_rotate(frame: VideoFrame, width: int, height: int, pixel_format: str) -> np.ndarray:
-    """Scale in libswscale to the displayed (width, height), then turn the picture upright."""
+def _scale_rotate(
+    frame: VideoFrame, width: int, height: int, pixel_format: str, scaler: VideoReformatter
+) -> np.ndarray:
+    """Scale in libswscale to the displayed (width, height), then turn the picture upright.
+
+    One VideoReformatter per read keeps its SwsContext: building a new one for every frame
+    (what VideoFrame.reformat does) costs several times the scaling itself. AREA averages
+    when shrinking (no aliasing from 4K to 256) and is bilinear when enlarging; it measured
+    3x faster than swscale's BILINEAR here.
+    """
     rotation = _clockwise_rotation(frame)
     coded_w, coded_h = (height, width) if rotation in (90, 270) else (width, height)
-    pixels = frame.to_ndarray(width=coded_w, height=coded_h, format=pixel_format)
+    pixels = scaler.reformat(
+        frame, coded_w, coded_h, pixel_format, interpolation=Interpolation.AREA
+    ).to_ndarray()
     if rotation:
         pixels = np.ascontiguousarray(np.rot90(pixels, k=-rotation // 90))
     return pixels
@@ -198,10 +210,12 @@ def _crop_size(crop: int | tuple[int, int] | None) -> tuple[int, int] | None:
 def _rgb_converter(
     name: str, aspect: Fraction | None, resize_short: int | None, crop: tuple[int, int] | None
 ) -> Callable[[VideoFrame], np.ndarray]:
+    scaler = VideoReformatter()
+
     def convert(frame: VideoFrame) -> np.ndarray:
         rotation = _clockwise_rotation(frame)
         width, height = _short_side_size(*_displayed_size(frame, rotation, aspect), resize_short)
-        pixels = _scale_rotate(frame, width, height, "rgb24")
+        pixels = _scale_rotate(frame, width, height, "rgb24", scaler)
         if crop is None:
             return pixels
         crop_w, crop_h = crop
@@ -305,7 +319,13 @@ def read_gray_stacks(
         path,
         starts_of,
         frames_per_stack,
-        lambda _name, _aspect: lambda frame: _scale_rotate(frame, width, height, "gray"),
+        lambda _name, _aspect: partial(
+            _scale_rotate,
+            width=width,
+            height=height,
+            pixel_format="gray",
+            scaler=VideoReformatter(),
+        ),
         limits,
     )
     if result.frames_decoded < 2 and result.seeks == 0:
