@@ -160,18 +160,23 @@ def generate_flash_mnist(
     out: Path,
     seed: int = 0,
     per_class_train: int = 100,
-    per_class_test: int = 10,
+    per_class_test: int | None = None,
     mnist_dir: Path | None = None,
     source: Source = "auto",
     progress: bool = True,
 ) -> Path:
     """Write Flash-MNIST to `<out>/flash-mnist.zarr` and return that path.
 
+    `per_class_test` defaults to a tenth of `per_class_train` (10 for the paper's 100), so
+    scaling the training count down for tests and CI scales the test split too.
+
     Arrays per split (train, test): frames (N, 25, 28, 28) uint8, labels (N, 10) bool digit
     masks, label (N,) int32 class id (= the mask read as a binary number), frame_digit (N, 25)
     int8 (digit shown in each frame, -1 noise) and frame_image (N, 25) int32 (source id of the
     pasted digit image, -1 noise). Root attrs record the digit source, seed and counts.
     """
+    if per_class_test is None:  # the paper's 10:1 train/test ratio, at least one per class
+        per_class_test = max(1, per_class_train // 10)
     for name, value in (("per_class_train", per_class_train), ("per_class_test", per_class_test)):
         if int(value) != value or value < 1:
             raise UserError(f"{name} must be a positive whole number of videos, got {value}")

@@ -147,10 +147,12 @@ def test_mnist_idx_files_are_used_when_given(tmp_path: Path, gz: bool) -> None:
     assert np.array_equal(pools.test.labels, np.repeat(np.arange(10), 2))
     assert np.array_equal(pools.test.ids, np.arange(30, 50))  # t10k ids follow the train ids
     path = generate_flash_mnist(
-        tmp_path / "out", 0, 1, 1, mnist_dir=tmp_path / "mnist", source="mnist", progress=False
+        tmp_path / "out", 0, 1, mnist_dir=tmp_path / "mnist", source="mnist", progress=False
     )
     group = zarr.open_group(str(path), mode="r")
     assert group.attrs["source"] == "mnist"
+    # the test split follows the training count down (a tenth, at least one per class)
+    assert group.attrs["counts"] == {"train": CLASSES, "test": CLASSES}
     used = np.unique(group["test/frame_image"][:])
     assert set(used.tolist()) <= {-1, *range(30, 50)}
 
