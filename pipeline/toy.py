@@ -133,6 +133,11 @@ def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(*bounds))
 
 
+def _rgb(values: np.ndarray) -> tuple[int, int, int]:
+    red, green, blue = (int(v) for v in values)
+    return red, green, blue
+
+
 def make_scene(seed: int, label: int, group: int) -> Scene:
     """Size, frame rate and background of one (class, group); independent of the class."""
     rng = np.random.default_rng([seed, label, group])
@@ -140,12 +145,12 @@ def make_scene(seed: int, label: int, group: int) -> Scene:
     # background luma far from the discs' (~95) either way, so the discs always stand out
     luma = _uniform(rng, (25, 60)) if rng.random() < 0.5 else _uniform(rng, (150, 220))
     tint = rng.uniform(-12, 12, size=3)
-    background = tuple(int(v) for v in np.clip(luma + tint, 0, 255).round())
+    background = _rgb(np.clip(luma + tint, 0, 255).round())
     return Scene(
         width=int(width),
         height=int(height),
         fps=int(FRAME_RATES[rng.integers(len(FRAME_RATES))]),
-        background=background,  # type: ignore[arg-type]
+        background=background,
         texture_seed=int(rng.integers(2**31)),
     )
 
@@ -156,8 +161,8 @@ def make_clip(seed: int, name: str, label: int, group: int, clip: int, scene: Sc
     rng = np.random.default_rng([seed, label, group, clip, 1])
     duration_target = _uniform(rng, DURATION_S)
     frames = max(2, round(duration_target * scene.fps))
-    shade = _uniform(rng, (0.85, 1.1))  # same law for both colours: luma stays uninformative
-    colour = tuple(int(v) for v in np.clip(np.array(APPEARANCES[appearance]) * shade, 0, 255))
+    shade = _uniform(rng, (0.85, 1.06))  # one law for both colours (240 * 1.06 < 255)
+    colour = _rgb(np.clip(np.array(APPEARANCES[appearance]) * shade, 0, 255))
     discs = int(rng.integers(1, 3))
     pitch = SOUNDS[sound]
     audible = pitch is not None
@@ -178,7 +183,7 @@ def make_clip(seed: int, name: str, label: int, group: int, clip: int, scene: Sc
         background=scene.background,
         texture_seed=scene.texture_seed,
         noise_sigma=_uniform(rng, (1.0, 4.0)),
-        colour=colour,  # type: ignore[arg-type]
+        colour=colour,
         discs=discs,
         radius=_uniform(rng, DISC_RADIUS) * scene.height,
         speed=MOTIONS[motion] * _uniform(rng, SPEED) * scene.width,
