@@ -82,6 +82,82 @@ def data_validate(kind: str, root: Path, splits: Path | None) -> None:
         sys.exit(1)
 
 
+def _dataset_paths(dataset: str, root: Path | None, out: Path | None) -> tuple[Path, Path]:
+    return root or Path("data") / dataset, out or Path("features") / f"{dataset}.zarr"
+
+
+@main.command()
+@click.argument("dataset", default=DATASET)
+@click.option("--root", type=click.Path(path_type=Path), help="Dataset folder [data/DATASET].")
+@click.option("--config", "config", help="Profile name or YAML path [configs/DATASET.yaml, "
+              "else configs/default.yaml].")
+@click.option("--kind", type=click.Choice(MANIFEST_KINDS),
+              help="Dataset layout [the profile's dataset.kind].")
+@click.option("--splits", type=click.Path(path_type=Path),
+              help="Folder of the official split files, when not inside the root.")
+@click.option("--out", type=click.Path(path_type=Path), help="Store [features/DATASET.zarr].")
+@click.option("--workers", type=click.IntRange(min=1), help="Local Dask workers [one per core].")
+@click.option("--scheduler", help="Address of an existing Dask scheduler (tcp://host:8786).")
+@click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto",
+              show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), help="Only N videos, spread over the set.")
+@click.option("--overwrite", is_flag=True, help="Recompute rows that are already done.")
+@click.option("--strict", is_flag=True, help="Exit 1 if any video failed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the store summary as JSON.")
+def features(dataset: str, root: Path | None, config: str | None, kind: str | None,
+             splits: Path | None, out: Path | None, workers: int | None, scheduler: str | None,
+             device: str, limit: int | None, overwrite: bool, strict: bool,
+             as_json: bool) -> None:
+    """Extract RGB, flow and audio features of every video of DATASET into a Zarr store.
+
+    Rerunning the same command resumes: finished videos are not recomputed.
+    """
+    import json
+
+    from pipeline.config import default_profile_for, load_profile
+    from pipeline.dask_runner import format_run_summary
+    from pipeline.features import run_features
+    from pipeline.store import format_summary
+
+    root, out = _dataset_paths(dataset, root, out)
+    profile = load_profile(config or default_profile_for(dataset))
+    result = run_features(
+        kind=kind or profile["dataset"]["kind"], root=root, profile=profile, out=out,
+        dataset=dataset, splits_dir=splits, workers=workers, scheduler=scheduler,
+        device=device, limit=limit, overwrite=overwrite,
+    )
+    summary = result.store.summary()
+    click.echo(format_run_summary(result.run), err=as_json)
+    if result.skipped_missing:
+        click.echo(f"note: {result.skipped_missing} listed videos are missing on disk",
+                   err=True)
+    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+    if result.run.interrupted:
+        sys.exit(130)
+    failed = sum(m["counts"]["failed"] for m in summary["modalities"].values())
+    done = sum(m["counts"]["done"] for m in summary["modalities"].values())
+    if done == 0 or (strict and failed):
+        sys.exit(1)
+
+
+@main.group()
+def store() -> None:
+    """Inspect feature stores."""
+
+
+@store.command("info")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def store_info(path: Path, as_json: bool) -> None:
+    """Counts per modality and status, failures with their errors, the extraction config."""
+    import json
+
+    from pipeline.store import format_summary, open_store
+
+    summary = open_store(path).summary()
+    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+
+
 def run() -> None:
     """Run the CLI, turning user errors into one clear line and a non-zero exit."""
     try:

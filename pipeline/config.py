@@ -41,7 +41,6 @@ MODALITY_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "audio": {
         "positions": 16,
-        "sample_rate": 16000,
         "backbone": {"name": "logmel"},
         "batch_size": 64,
     },

@@ -581,6 +581,17 @@ def _create_new(path: Path, *, dataset: str, task: str, classes: Sequence[str],
     return FeatureStore(path, group)
 
 
+def _describe_config(config: Mapping[str, Any]) -> str:
+    """One line of the settings that matter most; `store info --json` has the full config."""
+    plain = [f"{k}={v}" for k, v in config.items() if not isinstance(v, Mapping)]
+    backbone = config.get("backbone", {})
+    spec = backbone.get("spec", backbone) if isinstance(backbone, Mapping) else {}
+    if spec.get("name"):
+        weights = backbone.get("weights")
+        plain.append(f"backbone={spec['name']}" + (f" ({weights})" if weights else ""))
+    return ", ".join(plain) or "(not recorded)"
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
     """Human-readable `store info`: what the store holds and what is left to do."""
     lines = [
@@ -592,10 +603,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     for name, info in summary["modalities"].items():
         counts = info["counts"]
         described = ", ".join(f"{counts[s.name.lower()]} {s.name.lower()}" for s in Status)
-        backbone = info["config"].get("backbone", {})
-        backbone_name = backbone.get("name", "") if isinstance(backbone, dict) else backbone
-        lines.append(f"{name}: {info['positions']} x {info['dim']}"
-                     f"{f' ({backbone_name})' if backbone_name else ''}: {described}")
+        lines.append(f"{name}: {info['positions']} x {info['dim']}: {described}")
+        lines.append(f"  extraction: {_describe_config(info['config'])}")
         for failure in info["failures"]:
             lines.append(f"  failed {failure['id']}: {failure['error']}")
         shown = len(info["failures"])
