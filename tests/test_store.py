@@ -307,7 +307,7 @@ def test_summary_counts_and_text(tmp_path):
         {"row": 5, "id": "swim/v00005.mp4", "error": "DecodeError: v00005.mp4 truncated"}]
     text = format_summary(summary)
     assert "rgb: 4 x 8: 3 pending, 4 done, 1 failed, 0 absent" in text
-    assert "extraction: backbone=efficientnet_lite0" in text
+    assert "extraction: positions=4, backbone=efficientnet_lite0" in text
     assert "failed swim/v00005.mp4: DecodeError: v00005.mp4 truncated" in text
 
 
