@@ -74,21 +74,32 @@ class SampleResult:
 
 
 class _KeyframeIndex:
-    """Keyframe times from the container's index (decode timestamps: close enough to plan)."""
+    """Keyframe presentation times predicted from the container's index.
+
+    mp4 indexes decode timestamps, which run ahead of presentation by the reorder delay (the
+    edit list's shift: the first entry sits before the stream's start). Seeking to a time t
+    lands on the keyframe whose *presentation* time is at or before t, so entries are shifted
+    by that delay before they are compared with presentation times (mkv cues need no shift).
+    """
 
     def __init__(self, stream: VideoStream, origin: float) -> None:
         self._entries = stream.index_entries
         self._base = stream.time_base
         self._origin = origin
         self.available = self._base is not None and len(self._entries) > 0
+        self._shift = 0.0
+        if self.available:
+            first = float(self._entries[0].timestamp * self._base)
+            self._shift = max(0.0, origin - first)
 
     def before(self, time: float) -> float | None:
-        """Time of the last keyframe at or before `time`, None when there is none."""
-        timestamp = math.floor((time + self._origin) / self._base)
+        """Presentation time of the last keyframe at or before `time`, None when none is."""
+        timestamp = math.floor((time + self._origin - self._shift) / self._base)
         position = self._entries.search_timestamp(timestamp, backward=True)
         if position < 0:
             return None
-        return float(self._entries[position].timestamp * self._base) - self._origin
+        decode_time = float(self._entries[position].timestamp * self._base)
+        return decode_time + self._shift - self._origin
 
 
 def stream_origin(stream: VideoStream) -> float:
@@ -139,6 +150,7 @@ def sample_runs(
     frames_decoded = 0
     seeks = 0
     seeking_allowed = True
+    sought: set[int] = set()
     stop_reason: str | None = None
 
     def finish(index: int, items: list[_Decoded]) -> None:
@@ -146,7 +158,7 @@ def sample_runs(
 
     def seek_target() -> float | None:
         """Where to seek before the next start, or None to decode on."""
-        if not seeking_allowed or active or next_start >= len(starts):
+        if not seeking_allowed or active or next_start >= len(starts) or next_start in sought:
             return None
         target = starts[next_start] - safety_s
         if target <= last_time:
@@ -169,6 +181,7 @@ def sample_runs(
                 backward=True,
             )
             seeks += 1
+            sought.add(next_start)  # one seek per position: a wrong prediction cannot loop
             previous = None
             recent.clear()
             just_sought = True

@@ -94,6 +94,15 @@ def test_sparse_positions_seek_and_dense_positions_decode_on(clips: dict[str, Pa
         assert got == [i % 512 for i in expected_indices(n / FPS, k)]
 
 
+def test_every_k_is_exact_and_seeks_at_most_once_per_position(clips: dict[str, Path]) -> None:
+    """Seek targets near keyframes (decode vs presentation times differ) must not loop."""
+    for k in range(2, 41, 3):
+        result = _runs(clips["seekable"], segment_centres(300 / FPS, k).tolist(), 1)
+        assert result.seeks <= k
+        got = [frame_index_of(run.pixels[0]) for run in result.runs]
+        assert got == expected_indices(300 / FPS, k)
+
+
 def test_seek_path_through_public_reader(clips: dict[str, Path]) -> None:
     sampled = read_rgb(clips["seekable"], 5, resize_short=128, crop=96)
     assert sampled.frames.shape == (5, 96, 96, 3)
