@@ -103,11 +103,13 @@ def _dataset_paths(dataset: str, root: Path | None, out: Path | None) -> tuple[P
 @click.option("--limit", type=click.IntRange(min=1), help="Only N videos, spread over the set.")
 @click.option("--overwrite", is_flag=True, help="Recompute rows that are already done.")
 @click.option("--strict", is_flag=True, help="Exit 1 if any video failed.")
+@click.option("--flush-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Write finished videos to the store at least this often.")
 @click.option("--json", "as_json", is_flag=True, help="Print the store summary as JSON.")
 def features(dataset: str, root: Path | None, config: str | None, kind: str | None,
              splits: Path | None, out: Path | None, workers: int | None, scheduler: str | None,
              device: str, limit: int | None, overwrite: bool, strict: bool,
-             as_json: bool) -> None:
+             flush_seconds: float, as_json: bool) -> None:
     """Extract RGB, flow and audio features of every video of DATASET into a Zarr store.
 
     Rerunning the same command resumes: finished videos are not recomputed.
@@ -124,7 +126,7 @@ def features(dataset: str, root: Path | None, config: str | None, kind: str | No
     result = run_features(
         kind=kind or profile["dataset"]["kind"], root=root, profile=profile, out=out,
         dataset=dataset, splits_dir=splits, workers=workers, scheduler=scheduler,
-        device=device, limit=limit, overwrite=overwrite,
+        device=device, limit=limit, overwrite=overwrite, flush_seconds=flush_seconds,
     )
     summary = result.store.summary()
     click.echo(format_run_summary(result.run), err=as_json)

@@ -165,6 +165,14 @@ def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
 # ---------------------------------------------------------------- the image/flow backbone
 
 
+def flow_channels(spec: dict[str, Any]) -> int:
+    """Input channels of a flow backbone: 2 per frame pair, 10 (5 pairs) unless the spec says."""
+    channels = spec.get("channels", FLOW_CHANNELS)
+    if not isinstance(channels, int) or channels < 2 or channels % 2:
+        raise UserError(f"flow backbone: channels={channels!r} must be an even number >= 2")
+    return channels
+
+
 class ImageBackbone:
     """A CNN feature extractor for uint8 RGB frames or uint8 stacked flow, normalised on device."""
 
@@ -189,9 +197,9 @@ class ImageBackbone:
         # Mean/std in 0..255 units, one per input channel. Flow: zero motion (128) maps to 0 and
         # is divided by the backbone's mean RGB std, so flow spans the range RGB inputs span.
         if modality == "flow":
-            self.in_channels = FLOW_CHANNELS
+            self.in_channels = flow_channels(record.get("spec", {}))
             scale = 255.0 * float(np.mean(std))
-            mean_255, std_255 = [FLOW_ZERO] * FLOW_CHANNELS, [scale] * FLOW_CHANNELS
+            mean_255, std_255 = [FLOW_ZERO] * self.in_channels, [scale] * self.in_channels
         else:
             self.in_channels = 3
             mean_255, std_255 = [255.0 * m for m in mean], [255.0 * s for s in std]
@@ -273,7 +281,9 @@ def _finish(
     """
     head, dim = headless or remove_classifier(network)
     if modality == "flow":
-        record["flow_init"] = f"cross-modality ({inflate_first_conv(network)} RGB mean x10)"
+        channels = flow_channels(spec)
+        inflated = inflate_first_conv(network, channels)
+        record["flow_init"] = f"cross-modality ({inflated} RGB mean x{channels})"
     weights_file = spec.get("weights_file")
     if weights_file:
         load_weights_into(network, weights_file, ignorable_prefixes=(head + ".",))
@@ -405,7 +415,7 @@ IMAGE_BUILDERS: dict[str, Callable[[dict[str, Any], Modality, torch.device], Ima
     "torchvision": _build_torchvision,
     "timm": _build_timm,
 }
-IMAGE_SPEC_KEYS = frozenset({"name", "weights", "weights_file", "seed"})
+IMAGE_SPEC_KEYS = frozenset({"name", "weights", "weights_file", "seed", "channels"})
 
 
 def build_backbone(

@@ -55,8 +55,11 @@ class VideoFeatureExtractor:
         for name, settings in self.settings.items():
             if recorded is not None:
                 self.backbones[name] = rebuild_backbone(recorded[name]["backbone"], self.device)
-            else:
-                self.backbones[name] = build_backbone(settings["backbone"], name, self.device)
+                continue
+            spec = dict(settings["backbone"])
+            if name == "flow":  # one x and one y plane per consecutive frame pair
+                spec["channels"] = 2 * (int(settings["frames_per_stack"]) - 1)
+            self.backbones[name] = build_backbone(spec, name, self.device)
         self.flow_params = (
             FlowParams(**self.settings["flow"]["params"]) if "flow" in self.settings else None
         )

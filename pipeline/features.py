@@ -75,7 +75,7 @@ def run_features(
     *, kind: str, root: Path, profile: Mapping[str, Any], out: Path, dataset: str,
     splits_dir: Path | None = None, workers: int | None = None, scheduler: str | None = None,
     device: str = "auto", limit: int | None = None, overwrite: bool = False,
-    progress: bool = True,
+    progress: bool = True, flush_seconds: float = 30.0,
 ) -> FeaturesRun:
     """Extract the features of every video of a dataset into `out`, resuming where it stopped."""
     manifest = load_manifest(kind, root, splits_dir)
@@ -94,7 +94,7 @@ def run_features(
                     "modalities": store.todo_modalities(int(row), overwrite)})
         for row in todo
     ]
-    with store.writer(expected_rows=todo) as writer:
+    with store.writer(expected_rows=todo, flush_seconds=flush_seconds) as writer:
         summary = run_tasks(items, extract_row, on_result=writer.add, scheduler=scheduler,
                             workers=workers, progress=progress, description="videos")
     return FeaturesRun(store=store, run=summary, skipped_missing=missing)
