@@ -53,6 +53,7 @@ def write_video(
     crf: int = 18,
     keyframe_interval: int | None = None,
     faststart: bool = False,
+    encoder_options: dict[str, str] | None = None,
 ) -> None:
     """Encode RGB frames (uint8 HxWx3) and optional mono float32 audio in [-1, 1] to an mp4.
 
@@ -62,7 +63,8 @@ def write_video(
     `crf` is x264's constant rate factor (0 lossless .. 51 worst; 18 is visually lossless);
     it is ignored by codecs without that option. `keyframe_interval` (frames) sets the GOP
     length; None keeps the encoder's default (x264: 250). `faststart` puts the index (moov)
-    before the data, as web downloads do, so a truncated copy still opens.
+    before the data, as web downloads do, so a truncated copy still opens. `encoder_options`
+    are passed to the video encoder last (e.g. {"x264-params": "bframes=3:b-adapt=0"}).
     """
     path = Path(path)
     if fps <= 0:
@@ -84,7 +86,9 @@ def write_video(
         video.width, video.height = width, height
         video.pix_fmt = "yuv420p"
         if codec in ("h264", "libx264"):
-            video.options = {"crf": str(crf), "preset": "veryfast"}
+            video.options = {"crf": str(crf), "preset": "veryfast", **(encoder_options or {})}
+        elif encoder_options:
+            video.options = dict(encoder_options)
         if keyframe_interval is not None:
             video.codec_context.gop_size = keyframe_interval
         if rotation:

@@ -25,6 +25,7 @@ COLOUR_PERIOD = 512
 BAND_BITS = 10
 BAND_PERIOD = 2**BAND_BITS
 STRIP_FRACTION = 0.25  # share of the height taken by the band strip
+NON_REFERENCE_B_FRAMES = {"x264-params": "bframes=3:b-adapt=0:b-pyramid=none:scenecut=0"}
 
 
 def _levels(index: int) -> tuple[int, int, int]:
@@ -82,13 +83,16 @@ def make_clip(
     crf: int = 18,
     keyframe_interval: int | None = None,
     faststart: bool = False,
+    encoder_options: dict[str, str] | None = None,
 ) -> Path:
     """Write an h264 mp4 of `n_frames` indexed frames (size is (w, h) as coded, before rotation).
 
     With `tone_hz`, an AAC mono sine of that pitch runs for the clip's length. `rotation` stores
     a display rotation (clockwise degrees) in the stream's display matrix. `keyframe_interval`
     (frames) makes seeking cheap, so decoders take their seek path. `faststart` writes the
-    index first, so truncated copies still open (as web downloads do).
+    index first, so truncated copies still open (as web downloads do). `encoder_options` go to
+    the encoder, e.g. NON_REFERENCE_B_FRAMES for a clip where 3 of 4 frames are non-reference
+    B-frames (x264 otherwise codes these clips' colour changes as P-frames).
     """
 
     def frames() -> Iterator[np.ndarray]:
@@ -106,5 +110,6 @@ def make_clip(
         crf=crf,
         keyframe_interval=keyframe_interval,
         faststart=faststart,
+        encoder_options=encoder_options,
     )
     return Path(path)

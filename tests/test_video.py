@@ -21,7 +21,7 @@ from extract.video import (
     segment_centres,
 )
 from extract.video_sampler import sample_runs
-from tests.synth_video import frame_index_of, make_clip, tone
+from tests.synth_video import NON_REFERENCE_B_FRAMES, frame_index_of, make_clip, tone
 
 FPS = 25.0
 
@@ -41,6 +41,10 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         # a keyframe every 5 frames over 12 s: sparse positions are reached by seeking
         "seekable": make_clip(root / "seekable.mp4", 300, fps=FPS, keyframe_interval=5),
         "short": make_clip(root / "short.mp4", 5, fps=FPS),
+        # 3 of every 4 frames are non-reference B-frames, which the sampler may skip
+        "bframes": make_clip(
+            root / "bframes.mp4", 200, fps=FPS, encoder_options=NON_REFERENCE_B_FRAMES
+        ),
     }
 
 
@@ -101,6 +105,22 @@ def test_every_k_is_exact_and_seeks_at_most_once_per_position(clips: dict[str, P
         assert result.seeks <= k
         got = [frame_index_of(run.pixels[0]) for run in result.runs]
         assert got == expected_indices(300 / FPS, k)
+
+
+def test_skipped_non_reference_frames_never_change_the_answer(clips: dict[str, Path]) -> None:
+    duration = 200 / FPS
+    for k in (1, 5, 13, 40, 200):
+        result = _runs(clips["bframes"], segment_centres(duration, k).tolist(), 1)
+        got = [frame_index_of(run.pixels[0]) for run in result.runs]
+        assert got == expected_indices(duration, k)
+    sparse = _runs(clips["bframes"], segment_centres(duration, 5).tolist(), 1)
+    assert sparse.seeks == 0 and sparse.frames_decoded < 100  # refs + a few near each position
+    stacks = read_gray_stacks(clips["bframes"], 7, frames_per_stack=6, size=(64, 48)).stacks
+    for stack in stacks:
+        indices = [frame_index_of(g) for g in stack]
+        assert indices == list(range(indices[0], indices[0] + 6))
+    tail = read_gray_stacks(clips["bframes"], 200, frames_per_stack=6, size=(64, 48)).stacks[-1]
+    assert [frame_index_of(g) for g in tail] == list(range(194, 200))
 
 
 def test_seek_path_through_public_reader(clips: dict[str, Path]) -> None:
