@@ -160,6 +160,127 @@ def store_info(path: Path, as_json: bool) -> None:
     click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
 
 
+def _store_for(dataset: str, store_path: Path | None) -> Path:
+    return store_path or Path("features") / f"{dataset}.zarr"
+
+
+@main.command()
+@click.option("--dataset", default=DATASET, show_default=True, help="Dataset name.")
+@click.option("--features", "store_path", type=click.Path(path_type=Path),
+              help="Feature store [features/DATASET.zarr].")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Run folder [runs/DATASET/<timestamp>].")
+@click.option("--split", default="1", show_default=True,
+              help="Official split to train on (1-based), or 'all' for one model per split.")
+@click.option("--epochs", type=click.IntRange(min=1), help="[the profile's train.epochs]")
+@click.option("--batch-size", type=click.IntRange(min=1), help="[the profile's]")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="[the profile's]")
+@click.option("--modalities", help="Comma-separated subset, e.g. rgb,audio [all in the store].")
+@click.option("--seed", type=int, help="[the profile's train.seed]")
+@click.option("--config", "config", help="Profile with a train: section [configs/DATASET.yaml].")
+@click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def train(dataset: str, store_path: Path | None, out: Path | None, split: str,
+          epochs: int | None, batch_size: int | None, lr: float | None,
+          modalities: str | None, seed: int | None, config: str | None, device: str,
+          as_json: bool) -> None:
+    """Train the Attention Clusters classifier on a feature store."""
+    import json
+
+    from pipeline.config import default_profile_for, load_profile
+    from pipeline.runs import new_run_dir
+    from pipeline.train_data import open_store
+    from pipeline.training import TrainConfig
+    from pipeline.training import train as run_training
+
+    store_path = _store_for(dataset, store_path)
+    settings = dict(load_profile(config or default_profile_for(dataset))["train"])
+    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    if modalities:
+        settings["modalities"] = [m.strip() for m in modalities.split(",") if m.strip()]
+    settings.update(device=device, progress=not as_json)
+    _, info = open_store(store_path)
+    splits = _parse_splits(split, info.num_splits)
+    results = []
+    for number in splits:
+        run_dir = out if out and len(splits) == 1 else None
+        if run_dir is None:
+            run_dir = (out / f"split{number}") if out else new_run_dir(
+                dataset, number if len(splits) > 1 else None)
+        result = run_training(store_path, run_dir, TrainConfig.from_dict({**settings,
+                                                                           "split": number}))
+        results.append(result.to_json())
+        if not as_json:
+            best = result.best_metrics
+            headline = ", ".join(f"{k} {v:.3f}" for k, v in best.items()
+                                 if k in ("top1", "top5", "mean_class_accuracy", "gap", "map"))
+            click.echo(f"split {number}: best epoch {result.best_epoch}: {headline}")
+            click.echo(f"checkpoint: {result.checkpoint}")
+    if as_json:
+        click.echo(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+
+
+def _parse_splits(split: str, available: int) -> list[int]:
+    if split == "all":
+        return list(range(1, available + 1))
+    if not split.isdigit():
+        raise UserError(f"--split must be a split number or 'all', got {split!r}")
+    return [int(split)]
+
+
+@main.command()
+@click.option("--dataset", default=DATASET, show_default=True, help="Dataset name.")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="Checkpoint [the newest under runs/DATASET].")
+@click.option("--features", "store_path", type=click.Path(path_type=Path),
+              help="Feature store [features/DATASET.zarr].")
+@click.option("--split", help="Split to test on [the checkpoint's]; 'all' averages the "
+              "newest checkpoint of each split.")
+@click.option("--per-class", type=click.Path(path_type=Path), help="Write per-class CSV here.")
+@click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate(dataset: str, checkpoint: Path | None, store_path: Path | None, split: str | None,
+             per_class: Path | None, device: str, as_json: bool) -> None:
+    """Test metrics of a checkpoint: top-1/top-5/mean class accuracy, or mAP/GAP/Hit@1/PERR."""
+    import json
+
+    from pipeline.checkpoint import load_checkpoint
+    from pipeline.evaluation import evaluate as run_evaluation
+    from pipeline.evaluation import evaluate_splits
+    from pipeline.runs import checkpoints_of, newest_checkpoint
+
+    store_path = _store_for(dataset, store_path)
+    if split == "all":
+        newest: dict[int, Path] = {}
+        for path in checkpoints_of(dataset):
+            newest.setdefault(int(load_checkpoint(path).get("split", 1)), path)
+        if checkpoint is not None or not newest:
+            raise UserError("--split all averages the newest checkpoint of each split under "
+                            f"runs/{dataset}: train them with `cli.py train --split all`")
+        metrics = evaluate_splits([newest[k] for k in sorted(newest)], store_path, device=device)
+        click.echo(json.dumps(metrics, indent=2) if as_json else _metrics_line(metrics["mean"],
+                                                                              "mean"))
+        return
+    if split is not None and not split.isdigit():
+        raise UserError(f"--split must be a split number or 'all', got {split!r}")
+    checkpoint = checkpoint or newest_checkpoint(dataset)
+    metrics = run_evaluation(checkpoint, store_path, split=int(split) if split else None,
+                             device=device, per_class_csv=per_class)
+    click.echo(json.dumps(metrics, indent=2) if as_json
+               else _metrics_line(metrics, f"split {metrics['split']}"))
+
+
+def _metrics_line(metrics: dict, where: str) -> str:
+    names = {"top1": "top-1", "top5": "top-5", "mean_class_accuracy": "mean class accuracy",
+             "map": "mAP", "gap": "GAP@20", "hit1": "Hit@1", "perr": "PERR"}
+    shown = ", ".join(f"{label} {100 * metrics[key]:.1f}%" for key, label in names.items()
+                      if key in metrics)
+    return f"{where}: {shown} (n={metrics['n']})"
+
+
 def run() -> None:
     """Run the CLI, turning user errors into one clear line and a non-zero exit."""
     try:
