@@ -121,17 +121,27 @@ def stream_fps(stream: VideoStream) -> float:
 
 
 class _Neighbourhoods:
-    """Which presentation times lie near a run, so their frames must be decoded."""
+    """Which presentation times lie near a run, so their frames must be decoded.
 
-    def __init__(self, starts: Sequence[float], run_length: int, frame_s: float) -> None:
+    A run starting at s needs the frame containing s (presentation time in (s - 1 frame, s])
+    and the run_length - 1 frames after it; one frame of margin on each side absorbs uneven
+    frame durations. Runs of several frames may be shifted back at the end of the window, so
+    the last run_length + 1 frames are always needed then.
+    """
+
+    def __init__(
+        self, starts: Sequence[float], run_length: int, frame_s: float, window_s: float
+    ) -> None:
         self._starts = list(starts)
-        # a run spans run_length frames from its start; its last frames may be shifted back by
-        # as many at the end of the video; 0.1 s more covers frames of uneven duration
-        self._reach = (run_length + 1) * frame_s + 0.1
+        self._before = 2 * frame_s
+        self._after = run_length * frame_s
+        self._tail = window_s - (run_length + 1) * frame_s if run_length > 1 else math.inf
 
     def need(self, time: float) -> bool:
-        nearest = bisect_right(self._starts, time + self._reach) - 1
-        return nearest >= 0 and self._starts[nearest] >= time - self._reach
+        if time >= self._tail:
+            return True
+        nearest = bisect_right(self._starts, time + self._before) - 1
+        return nearest >= 0 and self._starts[nearest] >= time - self._after
 
 
 def _frames_from_here(
@@ -170,7 +180,7 @@ def sample_runs(
     frame_s = 1.0 / stream_fps(stream)
     keyframes = _KeyframeIndex(stream, origin)
     safety_s = max(3 * frame_s, 0.1)
-    near = _Neighbourhoods(starts, run_length, frame_s)
+    near = _Neighbourhoods(starts, run_length, frame_s, window_s)
 
     runs: list[Run | None] = [None] * len(starts)
     active: list[tuple[int, list[_Decoded]]] = []
