@@ -1,11 +1,14 @@
-# One entry point for every stage. DATASET picks the dataset (and its profile in configs/).
+# One entry point for every stage. DATASET picks the dataset (data/$(DATASET)), its profile
+# (configs/$(DATASET).yaml, else configs/default.yaml) and its store (features/$(DATASET).zarr).
 DATASET ?= toy
+DEVICE ?= auto
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CLI := $(PY) cli.py
 
-.PHONY: setup data test test-all bench lint clean
+.PHONY: setup data features train evaluate test test-all bench lint clean
 
 ## setup: create .venv with $(PYTHON) and install the pinned requirements (once; again when they change)
 setup: $(STAMP)
@@ -15,9 +18,21 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	@touch $(STAMP)
 
-## data: generate (toy, flash-mnist) or fetch (ucf101, hmdb51, kinetics400) the dataset into data/$(DATASET)
+## data: generate (toy, flash-mnist) or download (ucf101, hmdb51, kinetics400) into data/$(DATASET)
 data: $(STAMP)
-	$(PY) cli.py data get $(DATASET) --out data/$(DATASET)
+	$(CLI) data get $(DATASET)
+
+## features: every video of data/$(DATASET) -> features/$(DATASET).zarr (resumes if interrupted)
+features: $(STAMP)
+	$(CLI) features $(DATASET) --device $(DEVICE)
+
+## train: the Attention Clusters classifier on features/$(DATASET).zarr -> runs/$(DATASET)/<time>/
+train: $(STAMP)
+	$(CLI) train --dataset $(DATASET) --device $(DEVICE)
+
+## evaluate: the newest checkpoint of $(DATASET) on its test split
+evaluate: $(STAMP)
+	$(CLI) evaluate --dataset $(DATASET) --device $(DEVICE)
 
 ## test: the CPU test suite (fast cases; `make test-all` adds the heavy ones)
 test: $(STAMP)
@@ -26,9 +41,11 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q
 
-## bench: every benchmark, JSON on stdout
+## bench: every benchmark, one JSON object each
 bench: $(STAMP)
 	$(PY) bench/decode.py --json
+	$(PY) bench/flow.py --json
+	$(PY) bench/train.py --json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

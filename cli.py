@@ -59,6 +59,10 @@ def data_get(name: str, out: Path | None) -> None:
     """Generate (toy, flash-mnist) or download (ucf101, hmdb51, kinetics400) a dataset."""
     out = out or Path("data") / name
     if name in GENERATED:
+        marker = out / ("toy.json" if name == "toy" else "flash-mnist.zarr/zarr.json")
+        if marker.exists():
+            click.echo(f"{name} is already in {out} (`cli.py data generate {name}` remakes it)")
+            return
         ctx = click.get_current_context()
         ctx.invoke(data_generate, name=name, out=out, seed=0, videos=None)
         return
