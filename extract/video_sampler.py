@@ -149,6 +149,7 @@ def _frames_from_here(
 ) -> Iterator[VideoFrame]:
     """Decode on from the demuxer's position, skipping non-reference frames no run needs."""
     context = stream.codec_context
+    context.skip_frame = "DEFAULT"  # a previous pass (before a seek) may have left NONREF on
     skipping = False
     for packet in container.demux(stream):
         if packet.pts is not None and packet.time_base is not None:

@@ -45,6 +45,14 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "bframes": make_clip(
             root / "bframes.mp4", 200, fps=FPS, encoder_options=NON_REFERENCE_B_FRAMES
         ),
+        # both at once: seeks that land among non-reference frames
+        "bframes_seekable": make_clip(
+            root / "bframes_seekable.mp4",
+            300,
+            fps=FPS,
+            keyframe_interval=8,
+            encoder_options=NON_REFERENCE_B_FRAMES,
+        ),
     }
 
 
@@ -121,6 +129,21 @@ def test_skipped_non_reference_frames_never_change_the_answer(clips: dict[str, P
         assert indices == list(range(indices[0], indices[0] + 6))
     tail = read_gray_stacks(clips["bframes"], 200, frames_per_stack=6, size=(64, 48)).stacks[-1]
     assert [frame_index_of(g) for g in tail] == list(range(194, 200))
+
+
+def test_seeking_among_skipped_non_reference_frames_is_exact(clips: dict[str, Path]) -> None:
+    duration = 300 / FPS
+    seeks = 0
+    for k in range(2, 30):
+        result = _runs(clips["bframes_seekable"], segment_centres(duration, k).tolist(), 1)
+        seeks += result.seeks
+        got = [frame_index_of(run.pixels[0]) for run in result.runs]
+        assert got == expected_indices(duration, k), k
+        stacks = read_gray_stacks(clips["bframes_seekable"], k, 6, size=(64, 48)).stacks
+        for stack in stacks:
+            indices = [frame_index_of(g) for g in stack]
+            assert indices == list(range(indices[0], indices[0] + 6)), k
+    assert seeks > 0
 
 
 def test_seek_path_through_public_reader(clips: dict[str, Path]) -> None:
