@@ -121,20 +121,28 @@ def _open_video(path: str | Path, limits: DecodeLimits) -> Iterator[
 
 
 def _duration(container: InputContainer, stream: VideoStream, limits: DecodeLimits) -> float:
-    """The video's length in seconds from its headers, else by reading packet times."""
+    """The video's length in seconds from its headers, else by reading packet times.
+
+    The packet scan (raw streams, some live recordings) uses a second handle on the file, so
+    the caller's container stays at the start even for inputs that cannot seek.
+    """
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
     if container.duration:
         return container.duration / av.time_base
     origin = stream_origin(stream)
+    frame_s = 1.0 / stream_fps(stream)
     end = 0.0
-    for packet in container.demux(stream):
-        if packet.pts is None or packet.time_base is None:
-            continue
-        end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base) - origin)
-        if end > limits.max_seconds:
-            break
-    container.seek(0, stream=stream, backward=True)
+    with av.open(container.name, metadata_errors="ignore") as scan:
+        for count, packet in enumerate(scan.demux(scan.streams.video[0]), start=1):
+            if packet.pts is None or packet.time_base is None:
+                # untimed packets (raw elementary streams): one frame each at the nominal rate
+                end = max(end, count * frame_s)
+            else:
+                tail = (packet.pts + (packet.duration or 0)) * packet.time_base
+                end = max(end, float(tail) - origin)
+            if end > limits.max_seconds:
+                break
     return end
 
 

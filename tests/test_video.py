@@ -21,7 +21,13 @@ from extract.video import (
     segment_centres,
 )
 from extract.video_sampler import sample_runs
-from tests.synth_video import NON_REFERENCE_B_FRAMES, frame_index_of, make_clip, tone
+from tests.synth_video import (
+    NON_REFERENCE_B_FRAMES,
+    frame_index_of,
+    indexed_frame,
+    make_clip,
+    tone,
+)
 
 FPS = 25.0
 
@@ -353,3 +359,38 @@ def test_max_seconds_limits_what_is_sampled(tmp_path: Path) -> None:
 def test_max_pixels_refuses_large_frames(clips: dict[str, Path]) -> None:
     with pytest.raises(DecodeError, match=r"plain\.mp4: 64x48 frames exceed"):
         read_rgb(clips["plain"], 2, limits=DecodeLimits(max_pixels=1000))
+
+
+def _other_container(path: Path, container_format: str, codec: str, n: int) -> Path:
+    """Indexed frames in a container write_video does not make (mkv, avi, raw h264)."""
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=int(FPS))
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"crf": "18"} if codec == "h264" else {"qscale": "2"}
+        for index in range(n):
+            image = indexed_frame(index)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("container_format", "codec", "suffix", "tolerance"),
+    [
+        ("matroska", "h264", "mkv", 0),
+        ("avi", "mpeg4", "avi", 0),
+        # no timestamps and no duration at all: length from counting packets, frames approximate
+        ("h264", "h264", "h264", 1),
+    ],
+)
+def test_other_containers(
+    tmp_path: Path, container_format: str, codec: str, suffix: str, tolerance: int
+) -> None:
+    path = _other_container(tmp_path / f"clip.{suffix}", container_format, codec, 50)
+    assert probe(path).duration_s == pytest.approx(2.0, abs=0.05)
+    got = [frame_index_of(f) for f in read_rgb(path, 6).frames]
+    for index, expected in zip(got, expected_indices(2.0, 6), strict=True):
+        assert abs(index - expected) <= tolerance
+    for stack in read_gray_stacks(path, 3, 4, size=(64, 48)).stacks:
+        indices = [frame_index_of(g) for g in stack]
+        assert indices == list(range(indices[0], indices[0] + 4))
