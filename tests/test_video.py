@@ -4,6 +4,7 @@ pitch; every kind of broken file is a one-line DecodeError naming the file; limi
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -394,3 +395,21 @@ def test_other_containers(
     for stack in read_gray_stacks(path, 3, 4, size=(64, 48)).stacks:
         indices = [frame_index_of(g) for g in stack]
         assert indices == list(range(indices[0], indices[0] + 4))
+
+
+def test_non_square_pixels_come_out_at_displayed_shape(tmp_path: Path) -> None:
+    """A 64x48 picture with 2:1 pixels is shown 128x48 (anamorphic DVD-style video)."""
+    path = tmp_path / "anamorphic.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("h264", rate=int(FPS))
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(2, 1)
+        for index in range(5):
+            frame = av.VideoFrame.from_ndarray(indexed_frame(index), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    info = probe(path)
+    assert (info.width, info.height) == (128, 48)
+    frames = read_rgb(path, 5, resize_short=48, crop=None).frames
+    assert frames.shape == (5, 48, 128, 3)
+    assert [frame_index_of(f) for f in frames] == [0, 1, 2, 3, 4]
