@@ -8,6 +8,7 @@ gets audio status "absent" (normal for about half of UCF101), not "failed".
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,14 @@ DONE, FAILED, ABSENT = "done", "failed", "absent"
 
 
 def decode_limits(limits: Mapping[str, Any]) -> DecodeLimits:
-    """The profile's `limits:` section as the decoder's bounds."""
+    """The profile's `limits:` section as the decoder's bounds.
+
+    Decoder threads follow the per-worker thread budget the Dask runner sets (OMP_NUM_THREADS),
+    so several workers on one machine do not each start one decoding thread per core.
+    """
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     return DecodeLimits(max_seconds=float(limits["max_seconds"]),
-                        max_pixels=int(limits["max_pixels"]))
+                        max_pixels=int(limits["max_pixels"]), threads=threads)
 
 
 def pick_evenly(count: int, wanted: int) -> np.ndarray:
