@@ -7,6 +7,7 @@ PyAV's AudioResampler (libswresample, which also downmixes to mono); decoding st
 A stream that breaks or ends early (a truncated file) is a DecodeError when the samples stop
 more than TRUNCATION_TOLERANCE_S before the length the stream declares (or before max_seconds),
 the same rule as for video: use what decodes only if everything needed came out.
+`limits.timeout_s` bounds one call (checked per packet), as for video.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from extract.errors import DecodeError
 from extract.video import DEFAULT_LIMITS, DecodeLimits
-from extract.video_open import DECODE_FAILURES, open_media, reason_of
+from extract.video_open import DECODE_FAILURES, Deadline, open_media, reason_of
 
 TRUNCATION_TOLERANCE_S = 0.5  # encoder padding and priming differ by a few AAC frames
 
@@ -29,6 +30,7 @@ def read_audio(
     """Mono float32 samples in [-1, 1] at `sample_rate`, or None when there is no audio stream."""
     name = str(path)
     max_samples = int(limits.max_seconds * sample_rate)
+    deadline = Deadline(name, limits.timeout_s)
     with open_media(path) as container:
         if not container.streams.audio:
             return None
@@ -40,6 +42,7 @@ def read_audio(
         failure: str | None = None
         try:
             for packet in container.demux(stream):
+                deadline.check()
                 for frame in packet.decode():
                     for out in resampler.resample(frame):
                         chunks.append(out.to_ndarray().reshape(-1))

@@ -50,7 +50,7 @@ from av.video.reformatter import Interpolation, VideoReformatter
 from av.video.stream import VideoStream
 
 from extract.errors import DecodeError, UserError
-from extract.video_open import DECODE_FAILURES, open_media, reason_of
+from extract.video_open import DECODE_FAILURES, Deadline, open_media, reason_of
 from extract.video_sampler import SampleResult, sample_runs, stream_fps, stream_origin
 
 
@@ -61,6 +61,7 @@ class DecodeLimits:
     max_seconds: float = 600.0  # sample only the first max_seconds of a video
     max_pixels: int = 4096 * 2160  # refuse frames larger than this (width * height)
     threads: int = 0  # decoder threads; 0 lets FFmpeg choose (one per core)
+    timeout_s: float | None = None  # wall-clock limit of one decode call (None: unbounded)
 
 
 DEFAULT_LIMITS = DecodeLimits()
@@ -120,7 +121,8 @@ def _open_video(path: str | Path, limits: DecodeLimits) -> Iterator[
         yield container, stream
 
 
-def _duration(container: InputContainer, stream: VideoStream, limits: DecodeLimits) -> float:
+def _duration(container: InputContainer, stream: VideoStream, limits: DecodeLimits,
+              deadline: Deadline | None = None) -> float:
     """The video's length in seconds from its headers, else by reading packet times.
 
     The packet scan (raw streams, some live recordings) uses a second handle on the file, so
@@ -135,6 +137,8 @@ def _duration(container: InputContainer, stream: VideoStream, limits: DecodeLimi
     end = 0.0
     with av.open(container.name, metadata_errors="ignore") as scan:
         for count, packet in enumerate(scan.demux(scan.streams.video[0]), start=1):
+            if deadline is not None:
+                deadline.check()
             if packet.pts is None or packet.time_base is None:
                 # untimed packets (raw elementary streams): one frame each at the nominal rate
                 end = max(end, count * frame_s)
@@ -146,10 +150,11 @@ def _duration(container: InputContainer, stream: VideoStream, limits: DecodeLimi
     return end
 
 
-def _window(container: InputContainer, stream: VideoStream, limits: DecodeLimits) -> float:
+def _window(container: InputContainer, stream: VideoStream, limits: DecodeLimits,
+            deadline: Deadline | None = None) -> float:
     name = container.name
     try:
-        duration = min(_duration(container, stream, limits), limits.max_seconds)
+        duration = min(_duration(container, stream, limits, deadline), limits.max_seconds)
     except DECODE_FAILURES as error:
         raise DecodeError(f"{name}: cannot read the video's length ({reason_of(error)})") from error
     if not duration > 0:
@@ -272,13 +277,19 @@ def _sample(
     convert_of: Callable[[str, Fraction | None], Callable[[VideoFrame], np.ndarray]],
     limits: DecodeLimits,
 ) -> SampleResult:
-    """Open, compute the sampling window, and fetch the runs (shared by RGB and stacks)."""
+    """Open, compute the sampling window, and fetch the runs (shared by RGB and stacks).
+
+    `limits.timeout_s` bounds this whole call (length scan and sampling): one deadline per
+    modality decode, so a video's RGB and flow each get the full limit.
+    """
     name = str(path)
+    deadline = Deadline(name, limits.timeout_s)
     with _open_video(path, limits) as (container, stream):
-        window = _window(container, stream, limits)
+        window = _window(container, stream, limits, deadline)
         starts = starts_of(window, 1.0 / stream_fps(stream))
         convert = convert_of(name, _pixel_aspect(stream))
-        return sample_runs(container, stream, starts, run_length, convert, window, name)
+        return sample_runs(container, stream, starts, run_length, convert, window, name,
+                           deadline)
 
 
 def read_rgb(

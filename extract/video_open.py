@@ -6,6 +6,7 @@ DecodeError that names the file and says what is wrong" must hold in exactly one
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,28 @@ def reason_of(error: BaseException) -> str:
     """A short reason without PyAV's repeated file name and errno prefix."""
     reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
     return reason.strip().rstrip(".").lower()
+
+
+class Deadline:
+    """A per-decode time limit (the profile's `limits.timeout_s`), checked cooperatively.
+
+    Why cooperative: an FFmpeg call cannot be interrupted from Python, and killing a worker
+    would lose its loaded models. Decoders call `check()` once per packet (and the sampler once
+    per frame), so a pathological file (a huge GOP, a header that lies about length, a very
+    slow codec) fails as a DecodeError within one packet's decode time after the limit.
+    """
+
+    def __init__(self, name: str, seconds: float | None) -> None:
+        self.name = name
+        self.seconds = seconds
+        self._end = None if seconds is None else time.monotonic() + seconds
+
+    def check(self) -> None:
+        if self._end is not None and time.monotonic() > self._end:
+            raise DecodeError(
+                f"{self.name}: decoding exceeded the {self.seconds:g} s per-video limit "
+                "(limits.timeout_s)"
+            )
 
 
 @contextmanager

@@ -38,7 +38,7 @@ from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
 from extract.errors import DecodeError
-from extract.video_open import DECODE_FAILURES, reason_of
+from extract.video_open import DECODE_FAILURES, Deadline, reason_of
 
 SEEK_MIN_SKIP_FRAMES = 16
 NO_INDEX_SEEK_GAP_S = 10.0
@@ -145,13 +145,19 @@ class _Neighbourhoods:
 
 
 def _frames_from_here(
-    container: InputContainer, stream: VideoStream, near: _Neighbourhoods, origin: float
+    container: InputContainer, stream: VideoStream, near: _Neighbourhoods, origin: float,
+    deadline: Deadline | None,
 ) -> Iterator[VideoFrame]:
-    """Decode on from the demuxer's position, skipping non-reference frames no run needs."""
+    """Decode on from the demuxer's position, skipping non-reference frames no run needs.
+
+    The deadline is checked per packet: skipped packets cost time too.
+    """
     context = stream.codec_context
     context.skip_frame = "DEFAULT"  # a previous pass (before a seek) may have left NONREF on
     skipping = False
     for packet in container.demux(stream):
+        if deadline is not None:
+            deadline.check()
         if packet.pts is not None and packet.time_base is not None:
             skip = not near.need(float(packet.pts * packet.time_base) - origin)
             if skip != skipping:
@@ -168,6 +174,7 @@ def sample_runs(
     convert: Callable[[VideoFrame], np.ndarray],
     window_s: float,
     name: str,
+    deadline: Deadline | None = None,
 ) -> SampleResult:
     """For each sorted start time, the frame containing it and the next run_length-1 frames.
 
@@ -175,7 +182,7 @@ def sample_runs(
     pass the last frame is shifted back to end there; with fewer frames than run_length in the
     whole window, the run is padded by repeating its last frame. A start time more than two
     frames past the last frame that decoded means frames are missing (truncated or corrupt
-    file): DecodeError.
+    file): DecodeError. Past `deadline` (checked per packet) it is a DecodeError too.
     """
     origin = stream_origin(stream)
     frame_s = 1.0 / stream_fps(stream)
@@ -229,7 +236,7 @@ def sample_runs(
             just_sought = True
         finished = True
         try:
-            for frame in _frames_from_here(container, stream, near, origin):
+            for frame in _frames_from_here(container, stream, near, origin, deadline):
                 time = last_time + frame_s if frame.time is None else frame.time - origin
                 if just_sought:
                     just_sought = False

@@ -31,10 +31,14 @@ def decode_limits(limits: Mapping[str, Any]) -> DecodeLimits:
 
     Decoder threads follow the per-worker thread budget the Dask runner sets (OMP_NUM_THREADS),
     so several workers on one machine do not each start one decoding thread per core.
+    `timeout_s` bounds each modality's decode of one video; it never changes a feature, so it
+    is not recorded in stores or checkpoints (which is why it may be missing here).
     """
     threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    timeout = limits.get("timeout_s")
     return DecodeLimits(max_seconds=float(limits["max_seconds"]),
-                        max_pixels=int(limits["max_pixels"]), threads=threads)
+                        max_pixels=int(limits["max_pixels"]), threads=threads,
+                        timeout_s=None if timeout is None else float(timeout))
 
 
 def pick_evenly(count: int, wanted: int) -> np.ndarray:
