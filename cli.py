@@ -277,6 +277,32 @@ def evaluate(dataset: str, checkpoint: Path | None, store_path: Path | None, spl
                else _metrics_line(metrics, f"split {metrics['split']}"))
 
 
+@main.command()
+@click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--dataset", default=DATASET, show_default=True,
+              help="Dataset whose newest checkpoint is used.")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="Checkpoint file [newest runs/DATASET/*/best.pt].")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto",
+              show_default=True)
+@click.option("--explain", type=click.Path(path_type=Path),
+              help="Write the attention picture here (several videos: NAME-1.png, ...).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def classify(videos: tuple[Path, ...], dataset: str, checkpoint: Path | None, top_k: int,
+             device: str, explain: Path | None, as_json: bool) -> None:
+    """Classify videos with a trained checkpoint; --explain shows the moments that decided it."""
+    import json
+
+    from pipeline.classify import classify_videos, format_table
+
+    results = classify_videos(list(videos), checkpoint, top_k=top_k, device=device,
+                              explain=explain, progress=not as_json, dataset=dataset)
+    click.echo(json.dumps(results, indent=2) if as_json else format_table(results))
+    if any("error" in result for result in results):
+        sys.exit(1)
+
+
 def _metrics_line(metrics: dict, where: str) -> str:
     names = {"top1": "top-1", "top5": "top-5", "mean_class_accuracy": "mean class accuracy",
              "map": "mAP", "gap": "GAP@20", "hit1": "Hit@1", "perr": "PERR"}
