@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import sys
 import time
@@ -555,7 +556,13 @@ def _create_new(path: Path, *, dataset: str, task: str, classes: Sequence[str],
     row_bytes = max([spec.positions * spec.dim * 2 for spec in modalities.values()] or [1])
     shard_rows = rows_per_shard(row_bytes)
     small = min(SMALL_CHUNK_ROWS, shard_rows)
-    group = zarr.open_group(path, mode="w-", zarr_format=3)
+    # Built beside its final path and renamed into place once complete: a process killed
+    # while creating leaves only the partial folder (removed by the next attempt), never a
+    # half-made store at `path` that every rerun, even with --overwrite, would refuse.
+    partial = partial_path(path)
+    if partial.exists():
+        shutil.rmtree(partial)
+    group = zarr.open_group(partial, mode="w-", zarr_format=3)
     _create_array(group, "videos/id", (n,), str, chunk_rows=small, shard_rows=shard_rows,
                   dims=("video",), fill="")
     if task == "single":
@@ -578,7 +585,13 @@ def _create_new(path: Path, *, dataset: str, task: str, classes: Sequence[str],
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
     })
-    return FeatureStore(path, group)
+    os.replace(partial, path)
+    return FeatureStore(path, zarr.open_group(path, mode="r+"))
+
+
+def partial_path(path: Path) -> Path:
+    """Where a new store is built before it is renamed to `path`."""
+    return path.with_name(f".{path.name}.partial")
 
 
 def _describe_config(config: Mapping[str, Any]) -> str:

@@ -224,3 +224,33 @@ HOSTILE: tuple[Case, ...] = (
     Case("odd 63x47.mp4", lambda p, *_: odd_size(p)),
     Case("vidéo ünïcode 1.mp4", lambda p, *_: clip(p)),
 )
+
+
+# A cheap profile for the tests that run many whole extractions (crash-resume, a Dask
+# cluster, load): small crops, OpenCV's DIS flow (no compilation warm-up in each worker).
+CHEAP_PROFILE = """
+dataset: {kind: folder}
+limits: {max_seconds: 60, timeout_s: 60}
+modalities:
+  rgb: {positions: 3, resize_short: 64, crop: 56, backbone: {name: efficientnet_lite0}}
+  flow:
+    positions: 2
+    frames_per_stack: 3
+    size: [64, 48]
+    backend: dis
+    backbone: {name: efficientnet_lite0}
+  audio: {positions: 3, backbone: {name: logmel}}
+"""
+
+
+def clip_dataset(root: Path, videos: int, classes: int = 2, seconds: float = 1.0) -> Path:
+    """A folder-per-class dataset of small valid clips (64x48), every other one silent.
+
+    Clips differ in length and pitch so that rows differ in the store.
+    """
+    for index in range(videos):
+        folder = root / f"class{index % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        clip(folder / f"v{index:05d}.mp4", seconds=seconds + 0.04 * (index % 7),
+             tone_hz=None if index % 2 else 220.0 + 20 * (index % 11))
+    return root

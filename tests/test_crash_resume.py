@@ -1,0 +1,145 @@
+"""kill -9 of `features` (client and workers) at random moments, then resume: nothing lost.
+
+Each trial starts the real command in its own process group, waits for a randomly drawn
+number of finished rows plus a random delay (seeded), kills the whole group with SIGKILL, and
+reruns the same command. The rerun must only compute the rows that were not done, finish
+them all, and leave a store equal to a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.config import load_profile
+from pipeline.features import run_features
+from pipeline.store import Status, partial_path
+from tests.hostile import CHEAP_PROFILE, clip_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+MODALITIES = ("rgb", "flow", "audio")
+FIELDS = ("features", "mask", "time", "status", "error")
+VIDEOS = 12
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(dataset root, profile, store of an uninterrupted run)."""
+    base = tmp_path_factory.mktemp("crash")
+    root = clip_dataset(base / "clips", VIDEOS)
+    profile = base / "cheap.yaml"
+    profile.write_text(CHEAP_PROFILE)
+    clean = base / "clean.zarr"
+    run_features(kind="folder", root=root, profile=load_profile(profile), out=clean,
+                 dataset="clips", workers=1, device="cpu", progress=False)
+    return root, profile, clean
+
+
+def arrays(path: Path) -> dict[str, np.ndarray]:
+    group = zarr.open_group(path, mode="r")
+    return {f"{m}/{f}": group[f"{m}/{f}"][:] for m in MODALITIES for f in FIELDS}
+
+
+def complete_rows(out: Path) -> np.ndarray:
+    """Rows every modality has finished (done or absent), read from the store on disk."""
+    if not (out / "zarr.json").exists() or not (out / "audio" / "status").exists():
+        return np.zeros(0, dtype=np.int64)
+    try:
+        group = zarr.open_group(out, mode="r")
+        done = np.ones(group["rgb/status"].shape[0], dtype=bool)
+        for name in MODALITIES:
+            done &= np.isin(group[f"{name}/status"][:], (Status.DONE, Status.ABSENT))
+    except (KeyError, ValueError, FileNotFoundError):
+        return np.zeros(0, dtype=np.int64)  # the store is still being created
+    return np.flatnonzero(done)
+
+
+def features_command(root: Path, profile: Path, out: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "cli.py"), "features", "clips", "--root", str(root),
+            "--config", str(profile), "--out", str(out), "--workers", "1", "--device", "cpu",
+            "--flush-seconds", "0"]
+
+
+def kill_at_random(command: list[str], out: Path, rng: np.random.Generator) -> int:
+    """Run `command`, SIGKILL its process group after a random number of rows; rows left."""
+    target = int(rng.integers(0, VIDEOS - 3))
+    delay = float(rng.uniform(0.0, 0.5))
+    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            if len(complete_rows(out)) >= target:
+                time.sleep(delay)
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the run ended before it could be killed"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    return VIDEOS - len(complete_rows(out))
+
+
+def resume_trials(toy: tuple[Path, Path, Path], base: Path, trials: int, seed: int) -> None:
+    root, profile, clean = toy
+    reference = arrays(clean)
+    rng = np.random.default_rng(seed)
+    for trial in range(trials):
+        out = base / f"trial{trial}.zarr"
+        command = features_command(root, profile, out)
+        left = kill_at_random(command, out, rng)
+        assert left > 0
+        resumed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        # only the unfinished rows are computed again: every row is done exactly once
+        finished = re.search(r"finished: (\d+)/(\d+) items", resumed.stdout)
+        assert finished is not None, resumed.stdout[-2000:]
+        assert int(finished.group(1)) == int(finished.group(2)) == left, (trial, left)
+        assert len(complete_rows(out)) == VIDEOS
+        result = arrays(out)
+        for key, expected in reference.items():
+            np.testing.assert_array_equal(result[key], expected, err_msg=f"trial {trial} {key}")
+
+
+def test_kill_9_while_the_store_is_created_then_resume(toy: tuple[Path, Path, Path],
+                                                      tmp_path: Path) -> None:
+    """A store being created is built beside its path: a kill then never blocks a rerun."""
+    root, profile, clean = toy
+    out = tmp_path / "created.zarr"
+    command = features_command(root, profile, out)
+    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while (time.monotonic() < deadline and process.poll() is None
+               and not partial_path(out).exists() and not out.exists()):
+            time.sleep(0.001)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not out.exists() or (out / "zarr.json").exists()
+    resumed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not partial_path(out).exists()
+    result, reference = arrays(out), arrays(clean)
+    for key, expected in reference.items():
+        np.testing.assert_array_equal(result[key], expected, err_msg=key)
+
+
+def test_kill_9_at_random_moments_then_resume(toy: tuple[Path, Path, Path],
+                                              tmp_path: Path) -> None:
+    resume_trials(toy, tmp_path, trials=2, seed=7)
+
+
+@pytest.mark.slow
+def test_kill_9_many_trials(toy: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    resume_trials(toy, tmp_path, trials=6, seed=11)
