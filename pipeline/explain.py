@@ -168,7 +168,7 @@ def explain_video(out: Path, path: Path, result: Mapping[str, Any],
             panels += [("mean", name, MEAN_HEIGHT), ("heatmap", name, HEATMAP_HEIGHT)]
         else:
             panels.append(("missing", name, ABSENT_HEIGHT))
-    top_inches, bottom_inches = 0.85, 0.55
+    top_inches, bottom_inches = 0.85, 0.8
     total = sum(h for *_, h in panels) + top_inches + bottom_inches + 0.12 * len(panels)
     figure = Figure(figsize=(FIGURE_WIDTH, total))
     grid = figure.add_gridspec(len(panels), 1, height_ratios=[h for *_, h in panels],
@@ -191,7 +191,7 @@ def explain_video(out: Path, path: Path, result: Mapping[str, Any],
     for axes in figure.axes[:-1]:
         axes.tick_params(labelbottom=False)
     figure.axes[-1].set_xlabel("time in the video (s)")
-    figure.text(0.01, 0.12 / total, "bars: mean attention of the units (dashed: uniform, 1/L); "
+    figure.text(0.01, 0.08 / total, "bars: mean attention of the units (dashed: uniform, 1/L); "
                 "heatmaps: each unit's weights, black = 0, light = the modality's largest",
                 fontsize=8, color="dimgray", va="bottom")
     figure.suptitle(title_of(path, result["top"]), fontsize=12, x=0.5,
