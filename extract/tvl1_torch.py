@@ -191,6 +191,14 @@ def median_filter(size: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return median
 
 
+def sorting_median(u: torch.Tensor, size: int) -> torch.Tensor:
+    """The same median as ``median_filter(size)`` via unfold + median (fewer ops when eager)."""
+    b, c, h, w = u.shape
+    r = size // 2
+    padded = F.pad(u.reshape(b * c, 1, h, w), (r, r, r, r), mode="replicate")
+    return F.unfold(padded, kernel_size=size).median(dim=1).values.reshape(b, c, h, w)
+
+
 def warp(images: torch.Tensor, u: torch.Tensor, interpolation: str) -> torch.Tensor:
     """Sample images (B,C,H,W) at x + u(x); borders replicated, coordinates exact (no 1/32 grid)."""
     _, _, h, w = images.shape
@@ -236,18 +244,31 @@ class _Kernels:
         return self._call(inner_iterations, *args)
 
     def median(self, u: torch.Tensor, size: int) -> torch.Tensor:
-        return self._call(median_filter(size), u)
+        if self.compile:
+            return self._call(median_filter(size), u)
+        return sorting_median(u, size)  # one op instead of ~200 in eager mode; same values
+
+
+def _downscale(img: torch.Tensor, step: float) -> torch.Tensor:
+    """OpenCV's ``resize(fx=fy=step, INTER_LINEAR)``: rounded size, but the exact ``step`` in the
+    pixel mapping (F.interpolate with an explicit size would use out/in instead)."""
+    h, w = img.shape[-2:]
+    out_h, out_w = round(h * step), round(w * step)
+    ys = ((torch.arange(out_h, device=img.device, dtype=img.dtype) + 0.5) / step) * (2.0 / h) - 1
+    xs = ((torch.arange(out_w, device=img.device, dtype=img.dtype) + 0.5) / step) * (2.0 / w) - 1
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
+    grid = grid.unsqueeze(0).expand(img.shape[0], -1, -1, -1)
+    return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def _pyramid(img: torch.Tensor, nscales: int, scale_step: float) -> list[torch.Tensor]:
-    """Bilinear downscalings by scale_step (OpenCV sizes: rounded), stopping below 16 pixels."""
+    """Bilinear downscalings by scale_step, as OpenCV's, stopping before a side drops under 16."""
     levels = [img]
     for _ in range(1, nscales):
         h, w = levels[-1].shape[-2:]
-        size = (round(h * scale_step), round(w * scale_step))
-        if min(size) < 16:
+        if min(round(h * scale_step), round(w * scale_step)) < 16:
             break
-        levels.append(F.interpolate(levels[-1], size=size, mode="bilinear", align_corners=False))
+        levels.append(_downscale(levels[-1], scale_step))
     return levels
 
 
