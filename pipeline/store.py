@@ -145,7 +145,7 @@ def _storage_errors(path: Path, action: str) -> Iterator[None]:
         hint = ""
         if exc.errno == errno.ENOSPC:
             hint = ": free some space and rerun the same command to resume"
-        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
             hint = ": choose a writable --out"
         raise StoreError(f"cannot {action} {path}: {reason}{hint}") from exc
 

@@ -50,7 +50,11 @@ def arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 def complete_rows(out: Path) -> np.ndarray:
-    """Rows every modality has finished (done or absent), read from the store on disk."""
+    """Rows every modality has finished (done or absent), read from the store on disk.
+
+    Read while the command writes: a shard file may be replaced (atomically) between reading
+    its index and its chunks, which zarr reports as a RuntimeError; the next poll retries.
+    """
     if not (out / "zarr.json").exists() or not (out / "audio" / "status").exists():
         return np.zeros(0, dtype=np.int64)
     try:
@@ -58,7 +62,7 @@ def complete_rows(out: Path) -> np.ndarray:
         done = np.ones(group["rgb/status"].shape[0], dtype=bool)
         for name in MODALITIES:
             done &= np.isin(group[f"{name}/status"][:], (Status.DONE, Status.ABSENT))
-    except (KeyError, ValueError, FileNotFoundError):
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError):
         return np.zeros(0, dtype=np.int64)  # the store is still being created
     return np.flatnonzero(done)
 
