@@ -28,6 +28,7 @@ class FeaturesRun:
     store: FeatureStore
     run: RunSummary
     skipped_missing: int
+    skipped_unsafe: int = 0  # list entries (or symlinks) leading outside the root: never read
 
 
 def extract_row(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -97,4 +98,5 @@ def run_features(
     with store.writer(expected_rows=todo, flush_seconds=flush_seconds) as writer:
         summary = run_tasks(items, extract_row, on_result=writer.add, scheduler=scheduler,
                             workers=workers, progress=progress, description="videos")
-    return FeaturesRun(store=store, run=summary, skipped_missing=missing)
+    return FeaturesRun(store=store, run=summary, skipped_missing=missing,
+                       skipped_unsafe=len(manifest.problems.unsafe))

@@ -20,8 +20,16 @@ from extract.errors import DecodeError
 from extract.video import DecodeLimits, read_gray_stacks, read_rgb
 from pipeline.config import load_profile
 from pipeline.extraction import VideoFeatureExtractor
+from pipeline.features import run_features
 from pipeline.store import Status, open_store
-from tests.hostile import ALL, HOSTILE, clip, symlink, video_named_directory
+from tests.hostile import (
+    ALL,
+    CHEAP_PROFILE,
+    HOSTILE,
+    clip,
+    symlink,
+    video_named_directory,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASS = "hostile"
@@ -159,3 +167,28 @@ def test_profile_timeout_reaches_the_decoders(long_clip: Path, tmp_path: Path) -
     for name in ALL:
         assert results[name]["status"] == "failed"
         assert "per-video limit (limits.timeout_s)" in results[name]["error"]
+
+
+def test_features_never_reads_list_entries_outside_the_root(tmp_path: Path) -> None:
+    """UCF101 lists naming `..` and absolute paths (to a real clip) are left out, counted."""
+    root = tmp_path / "ucf"
+    outside = clip(tmp_path / "outside.mp4")
+    for name in ("Archery", "Bowling"):
+        (root / name).mkdir(parents=True)
+        clip(root / name / f"v_{name}_g01_c01.mp4")
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("1 Archery\n2 Bowling\n")
+    hostile_lines = f"../outside.mp4 1\nArchery/../../outside.mp4 1\n{outside} 1\n"
+    for split in (1, 2, 3):
+        (lists / f"trainlist0{split}.txt").write_text(
+            f"Archery/v_Archery_g01_c01.mp4 1\n{hostile_lines}")
+        (lists / f"testlist0{split}.txt").write_text("Bowling/v_Bowling_g01_c01.mp4\n")
+    profile = tmp_path / "cheap.yaml"
+    profile.write_text(CHEAP_PROFILE)
+    result = run_features(kind="ucf101", root=root, profile=load_profile(profile),
+                          out=tmp_path / "ucf.zarr", dataset="ucf", workers=1, device="cpu",
+                          progress=False)
+    assert result.skipped_unsafe == 9  # 3 lines in each of the 3 trainlists
+    assert result.store.ids == ["Archery/v_Archery_g01_c01.mp4", "Bowling/v_Bowling_g01_c01.mp4"]
+    assert result.run.total == 2 and result.run.counts["failed"] == 0
