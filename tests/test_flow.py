@@ -159,13 +159,22 @@ def test_inner_iterations_have_no_graph_breaks(frames):
 
 
 @pytest.mark.slow
-def test_compiled_and_eager_flows_agree(frames):
+def test_compiled_and_eager_flows_agree(pairs, frames):
     i0 = torch.tensor(frames[0][:4], dtype=torch.float32)[:, None]
     i1 = torch.tensor(frames[1][:4], dtype=torch.float32)[:, None]
+    one_pass = FlowParams(nscales=1, warps=1, outer_iterations=1, median_filtering=1)
     with torch.inference_mode():
-        eager = tvl1(i0, i1, FlowParams(), compile=False)
-        compiled = tvl1(i0, i1, FlowParams(), compile=True)
-    assert (compiled - eager).abs().max().item() < 1e-3
+        eager = tvl1(i0, i1, one_pass, compile=False)
+        compiled = tvl1(i0, i1, one_pass, compile=True)
+        assert (compiled - eager).abs().max().item() < 1e-4  # the same arithmetic
+        eager = tvl1(i0, i1, FlowParams(), compile=False).numpy()
+        compiled = tvl1(i0, i1, FlowParams(), compile=True).numpy()
+    # over thousands of iterations, rounding-level differences flip a few median ties and
+    # stopping decisions: the fields agree closely on average and in accuracy, not bit for bit
+    assert np.abs(compiled - eager).mean() < 5e-3
+    for e, c, pair in zip(eager, compiled, pairs, strict=False):
+        reference = endpoint_error(e, pair)
+        assert abs(endpoint_error(c, pair) - reference) < 0.02 * reference
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
