@@ -90,7 +90,9 @@ def test_results_docs_and_figure_are_written(tiny_run: tuple[Settings, dict]) ->
 def test_attention_favours_digit_frames(tiny_run: tuple[Settings, dict]) -> None:
     _, report = tiny_run
     attention = report["attention"]
-    assert attention["run"] == "linear-n002-shift"
+    attentive = [r for r in report["results"] if r["unit"] != "avg"]
+    best = max(r["top1"] for r in attentive)
+    assert attention["run"] in {r["name"] for r in attentive if r["top1"] == best}
     assert 0 < attention["digit_frame_share"] < 1
     assert attention["digit_attention_mass"] > attention["digit_frame_share"]
 
