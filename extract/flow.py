@@ -166,6 +166,7 @@ def flow_stacks(
     params: FlowParams | None = None,
     device: str | torch.device = "cpu",
     batch_size: int | None = None,
+    bound: float = FLOW_BOUND,
 ) -> np.ndarray:
     """(K, M, H, W) frame stacks -> uint8 (K, 2*(M-1), H, W): x1, y1, x2, y2, ... per stack.
 
@@ -188,4 +189,4 @@ def flow_stacks(
         for i in range(0, len(prev), step)
     ]
     flow = np.concatenate(chunks)  # (K*(M-1), 2, H, W): pair-major, then x, y
-    return quantize_flow(flow).reshape(k, 2 * (m - 1), h, w)
+    return quantize_flow(flow, bound).reshape(k, 2 * (m - 1), h, w)

@@ -28,6 +28,8 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -191,6 +193,14 @@ def median_filter(size: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return median
 
 
+def opencv_median(u: torch.Tensor, size: int) -> torch.Tensor:
+    """The same median on CPU by cv2.medianBlur (float32 supports sizes 3 and 5): the very
+    filter OpenCV's DualTVL1 applies, and ~20x faster than torch's sort-based median."""
+    planes = u.detach().reshape(-1, *u.shape[-2:]).contiguous().numpy()
+    filtered = np.stack([cv2.medianBlur(plane, size) for plane in planes])
+    return torch.from_numpy(filtered).reshape(u.shape)
+
+
 def sorting_median(u: torch.Tensor, size: int) -> torch.Tensor:
     """The same median as ``median_filter(size)`` via unfold + median (fewer ops when eager)."""
     b, c, h, w = u.shape
@@ -246,6 +256,8 @@ class _Kernels:
     def median(self, u: torch.Tensor, size: int) -> torch.Tensor:
         if self.compile:
             return self._call(median_filter(size), u)
+        if u.device.type == "cpu" and size in (3, 5):
+            return opencv_median(u, size)
         return sorting_median(u, size)  # one op instead of ~200 in eager mode; same values
 
 

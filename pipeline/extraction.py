@@ -116,7 +116,8 @@ class VideoFeatureExtractor:
         s = self.settings["flow"]
         sampled = read_gray_stacks(path, s["positions"], s["frames_per_stack"],
                                    tuple(s["size"]), self._decode_limits)
-        stacks = flow_stacks(sampled.stacks, s["backend"], self.flow_params, self.device)
+        stacks = flow_stacks(sampled.stacks, s["backend"], self.flow_params, self.device,
+                             bound=float(s["bound"]))
         return self._features("flow", stacks, sampled.times)
 
     def _audio(self, path: Path) -> dict[str, Any]:

@@ -18,7 +18,13 @@ from extract.flow import (
     quantize_flow,
 )
 from extract.flow_truth import FAMILIES, endpoint_error, make_pairs, translated_stack
-from extract.tvl1_torch import inner_iterations, median_filter, sorting_median, tvl1
+from extract.tvl1_torch import (
+    inner_iterations,
+    median_filter,
+    opencv_median,
+    sorting_median,
+    tvl1,
+)
 
 SIZE = (128, 96)
 
@@ -127,6 +133,7 @@ def test_median_network_equals_sorting_median_and_opencv():
         assert torch.equal(median_filter(size)(u), expected)
         reference = cv2.medianBlur(u[0, 0].numpy(), size)  # float input: replicated border
         assert np.array_equal(expected[0, 0].numpy(), reference)
+        assert torch.equal(opencv_median(u, size), expected)  # the eager CPU path
 
 
 def _iteration_state(pair_frames, size):
@@ -206,6 +213,8 @@ def test_flow_stacks_interleave_x_and_y_per_pair(monkeypatch):
         assert abs(np.median(inner[:, c]) - x_level) <= 1
     for c in (1, 3):  # y1, y2
         assert abs(np.median(inner[:, c]) - 128) <= 1
+    wider = flow_stacks(stacks, backend="torch", batch_size=3, bound=40.0)  # profile's `bound`
+    assert abs(np.median(wider[:, 0, 10:-10, 10:-10]) - round(255 * (2 + 40) / 80)) <= 1
 
 
 @pytest.mark.parametrize(
