@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from extract.flow import FlowParams, compute_flow  # noqa: E402
 from extract.flow_truth import TruthPair, endpoint_error, make_pairs  # noqa: E402
+from extract.tvl1_torch import COMPILE_ENV  # noqa: E402
 
 RESOLUTION = (340, 256)
 
@@ -41,7 +42,11 @@ def _epe(flow: np.ndarray, pairs: list[TruthPair]) -> dict[str, float]:
     return out
 
 
-def _timed(backend: str, prev: np.ndarray, nxt: np.ndarray, device: str) -> tuple[float, object]:
+def _timed(backend: str, prev: np.ndarray, nxt: np.ndarray, device: str,
+           compiled: bool | None = None) -> tuple[float, object]:
+    """Seconds and flow of one call; `compiled` sets AC_FLOW_COMPILE for torch (None: as is)."""
+    if compiled is not None:
+        os.environ[COMPILE_ENV] = "1" if compiled else "0"
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -55,7 +60,7 @@ def _cuda(prev: np.ndarray, nxt: np.ndarray, pairs: list[TruthPair], batch: int)
         return None
     reps = -(-batch // len(prev))
     big_prev, big_nxt = np.tile(prev, (reps, 1, 1))[:batch], np.tile(nxt, (reps, 1, 1))[:batch]
-    _timed("torch", big_prev, big_nxt, "cuda")  # compile / warm up
+    _timed("torch", big_prev, big_nxt, "cuda", compiled=True)  # compile / warm up
     seconds = [_timed("torch", big_prev, big_nxt, "cuda")[0] for _ in range(3)]
     _, flow = _timed("torch", prev, nxt, "cuda")
     return {"pairs_per_s": batch / statistics.median(seconds), "epe": _epe(flow, pairs)["all"],
@@ -67,17 +72,19 @@ def run(rounds: int, cuda_batch: int) -> dict:
     pairs = make_pairs(RESOLUTION)
     prev = np.stack([p.i0 for p in pairs])
     nxt = np.stack([p.i1 for p in pairs])
-    start = time.perf_counter()
-    compute_flow(prev, nxt, "torch", FlowParams(), "cpu")  # compiles (cached on disk afterwards)
-    warmup_s = time.perf_counter() - start
+    warmup_s, _ = _timed("torch", prev, nxt, "cpu", compiled=True)  # compiles (then cached)
     load_before = os.getloadavg()
 
-    seconds: dict[str, list[float]] = {"opencv": [], "torch_cpu": [], "dis": []}
+    # torch_cpu is the compiled path (what long extraction runs should use, AC_FLOW_COMPILE=1);
+    # torch_cpu_eager is the CPU default, which starts at once.
+    seconds: dict[str, list[float]] = {"opencv": [], "torch_cpu": [], "torch_cpu_eager": [],
+                                       "dis": []}
     flows: dict[str, np.ndarray] = {}
-    backend_of = {"opencv": "opencv", "torch_cpu": "torch", "dis": "dis"}
+    how = {"opencv": ("opencv", None), "torch_cpu": ("torch", True),
+           "torch_cpu_eager": ("torch", False), "dis": ("dis", None)}
     for _ in range(rounds):
-        for name, backend in backend_of.items():
-            dt, flows[name] = _timed(backend, prev, nxt, "cpu")
+        for name, (backend, compiled) in how.items():
+            dt, flows[name] = _timed(backend, prev, nxt, "cpu", compiled)
             seconds[name].append(dt)
 
     result: dict = {"resolution": list(RESOLUTION), "pairs": len(pairs), "rounds": rounds}
@@ -119,7 +126,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=1))
         return
-    for name in ("opencv", "torch_cpu", "dis", "torch_cuda"):
+    for name in ("opencv", "torch_cpu", "torch_cpu_eager", "dis", "torch_cuda"):
         entry = result[name]
         if entry:
             print(f"{name:10s} {entry['pairs_per_s']:8.2f} pairs/s  EPE {entry['epe']:.4f} px")
