@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CLI := $(PY) cli.py
 
-.PHONY: setup data features train evaluate test test-all bench lint clean
+.PHONY: setup data features train evaluate classify demo reproduce test test-all bench lint clean
 
 ## setup: create .venv with $(PYTHON) and install the pinned requirements (once; again when they change)
 setup: $(STAMP)
@@ -33,6 +33,22 @@ train: $(STAMP)
 ## evaluate: the newest checkpoint of $(DATASET) on its test split
 evaluate: $(STAMP)
 	$(CLI) evaluate --dataset $(DATASET) --device $(DEVICE)
+
+## classify: VIDEO=path/to/clip.mp4 [EXPLAIN=why.png] with the newest checkpoint of $(DATASET)
+classify: $(STAMP)
+	@test -n "$(VIDEO)" || { echo "usage: make classify VIDEO=path/to/video.mp4 [EXPLAIN=why.png]" >&2; exit 2; }
+	$(CLI) classify "$(VIDEO)" --dataset $(DATASET) --device $(DEVICE) $(if $(EXPLAIN),--explain "$(EXPLAIN)")
+
+## demo: the whole pipeline on the toy dataset, offline (data, features, train, evaluate, classify)
+demo: $(STAMP)
+	$(CLI) data get toy
+	$(CLI) features toy --device $(DEVICE)
+	$(CLI) train --dataset toy --device $(DEVICE)
+	$(CLI) evaluate --dataset toy --device $(DEVICE)
+	@clip=$$(head -n 1 data/toy/ucfTrainTestlist/testlist01.txt | tr -d '\r'); \
+	echo "classifying the held-out clip data/toy/$$clip (true class: $${clip%%/*})"; \
+	$(CLI) classify "data/toy/$$clip" --dataset toy --device $(DEVICE) --explain runs/toy/demo-explain.png
+	@echo "outputs: data/toy/ (videos), features/toy.zarr (features), runs/toy/ (checkpoint, metrics, curves, confusion matrix), runs/toy/demo-explain.png (why)"
 
 ## test: the CPU test suite (fast cases; `make test-all` adds the heavy ones)
 test: $(STAMP)
