@@ -28,9 +28,8 @@ import zarr
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from extract.errors import UserError
+from pipeline.store import open_store as open_feature_store
 
-STORE_FORMAT = "attention-clusters-features"
-STORE_VERSION = 1
 PENDING, DONE, FAILED, ABSENT = 0, 1, 2, 3
 TRAIN, TEST = 1, 2
 BLOCK_BYTES = 64 * 2**20  # target size of one streamed block across modalities
@@ -79,42 +78,21 @@ class SplitData:
 
 
 def open_store(path: str | Path) -> tuple[zarr.Group, StoreInfo]:
-    """Open a store read-only and check it is one, with one clear line otherwise."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"feature store not found: {path} (run `make features` first)")
-    try:
-        group = zarr.open_group(str(path), mode="r")
-        attrs = dict(group.attrs)
-    except Exception as exc:  # zarr raises several types for a non-store directory
-        raise UserError(f"{path} is not a Zarr feature store ({type(exc).__name__})") from exc
-    if attrs.get("format") != STORE_FORMAT:
-        raise UserError(f"{path} is not an attention-clusters feature store (no format attr)")
-    if int(attrs.get("format_version", 0)) > STORE_VERSION:
-        raise UserError(
-            f"{path} has store format version {attrs['format_version']}; this version reads "
-            f"up to {STORE_VERSION} (upgrade the software)"
-        )
-    extraction = dict(attrs.get("modalities", {}))
-    shapes = {}
-    for name in extraction:
-        if name in group and "features" in group[name]:
-            _, length, dim = group[name]["features"].shape
-            shapes[name] = (int(length), int(dim))
-    split_shape = group["videos/split"].shape
+    """Open a store read-only (validated by pipeline.store, one clear line otherwise)."""
+    store = open_feature_store(path)
     info = StoreInfo(
-        path=path,
-        task=str(attrs.get("task", "single")),
-        classes=[str(c) for c in attrs.get("classes", [])],
-        shapes=shapes,
-        extraction={name: extraction[name] for name in shapes},
-        num_splits=int(split_shape[1]),
-        num_rows=int(split_shape[0]),
-        dataset=str(attrs.get("dataset", "")),
+        path=store.path,
+        task=store.task,
+        classes=store.classes,
+        shapes={name: (spec.positions, spec.dim) for name, spec in store.modalities.items()},
+        extraction={name: dict(spec.config) for name, spec in store.modalities.items()},
+        num_splits=int(store.splits.shape[1]),
+        num_rows=store.n,
+        dataset=store.dataset,
     )
     if not info.classes:
         raise UserError(f"{path}: the store lists no classes")
-    return group, info
+    return zarr.open_group(str(store.path), mode="r"), info
 
 
 def check_modalities(info: StoreInfo, modalities: list[str] | None) -> list[str]:

@@ -129,11 +129,11 @@ def test_store_user_errors(store: Path, kwargs: dict, message: str) -> None:
 
 
 def test_missing_or_foreign_store(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="feature store not found"):
+    with pytest.raises(UserError, match="nope.zarr does not exist: run `make features`"):
         load_split(tmp_path / "nope.zarr")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "file.txt").write_text("hello")
-    with pytest.raises(UserError, match="not a Zarr feature store"):
+    with pytest.raises(UserError, match="junk is not an attention-clusters feature store"):
         load_split(tmp_path / "junk")
     zarr.open_group(str(tmp_path / "other.zarr"), mode="w").attrs["format"] = "something-else"
     with pytest.raises(UserError, match="not an attention-clusters feature store"):
