@@ -182,6 +182,21 @@ class DiskIndex:
         item = self._item(rel)
         return item is not None and item.is_file
 
+    def on_disk(self, rel: str) -> str:
+        """`rel` as spelled on disk: the official UCF101 lists say `HandStandPushups/...` where
+        the folder is `HandstandPushups`, so names that match only ignoring case are resolved to
+        the one file that exists (unchanged when there is no such file, or several)."""
+        parts, resolved = rel.split("/"), []
+        for part in parts:
+            listing = self._listing("/".join(resolved))
+            if part not in listing:
+                matches = [name for name in listing if name.lower() == part.lower()]
+                if len(matches) != 1:
+                    return rel
+                part = matches[0]
+            resolved.append(part)
+        return "/".join(resolved)
+
     def subdirs(self, rel_dir: str = "") -> list[str]:
         """Names of the visible folders directly inside `rel_dir`, sorted."""
         items = self._listing(rel_dir)
@@ -276,8 +291,9 @@ class ListCollector:
         """The collected videos sorted by id; symlinks out of the root are reported and dropped,
         missing files are reported and kept (an official split stays complete)."""
         entries = []
-        for video_id in sorted(self._pending):
-            pending = self._pending[video_id]
+        for listed_id in sorted(self._pending):
+            pending = self._pending[listed_id]
+            video_id = disk.on_disk(listed_id)
             if disk.escapes_root(video_id):
                 self.report.unsafe.append(
                     Problem(video_id, "symlink resolves outside the dataset root")

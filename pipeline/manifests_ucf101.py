@@ -94,7 +94,9 @@ def _read_list(
     """One trainlist/testlist file. The class folder decides the label; a number after the path
     (trainlists) must agree with it."""
     report = collector.report
-    label_of_class = {name: i for i, name in enumerate(classes)}
+    # Case-insensitive: the official lists spell some classes differently from classInd.txt
+    # (HandStandPushups vs HandstandPushups).
+    label_of_class = {name.lower(): i for i, name in enumerate(classes)}
     for line_no, line in read_lines(path):
         where = f"{path.name}:{line_no}"
         parts = line.split()
@@ -116,10 +118,10 @@ def _read_list(
         if not sep:
             report.malformed.append(Problem(where, f"{raw!r} has no class folder"))
             continue
-        if folder not in label_of_class:
+        if folder.lower() not in label_of_class:
             report.unknown_classes.append(Problem(where, f"class {folder!r} not in classInd.txt"))
             continue
-        label = label_of_class[folder]
+        label = label_of_class[folder.lower()]
         if number is not None and number not in label_of_number:
             report.unknown_classes.append(Problem(where, f"label {number} not in classInd.txt"))
             continue

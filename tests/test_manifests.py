@@ -87,6 +87,25 @@ def test_ucf101_official_layout_gives_labels_and_split_membership(tmp_path: Path
     assert len(manifest.existing()) == 12
 
 
+def test_ucf101_lists_spelled_in_another_case_resolve_to_the_files(tmp_path: Path) -> None:
+    """Real UCF101: classInd and folders say HandstandPushups, the lists HandStandPushups."""
+    lists = tmp_path / "ucfTrainTestlist"
+    write_crlf(lists / "classInd.txt", ["1 HandstandPushups"])
+    touch(tmp_path / "HandstandPushups" / "v_HandStandPushups_g01_c01.avi")
+    touch(tmp_path / "HandstandPushups" / "v_HandStandPushups_g02_c01.avi")
+    for k in (1, 2, 3):
+        write_crlf(lists / f"trainlist0{k}.txt",
+                   ["HandStandPushups/v_HandStandPushups_g01_c01.avi 1"])
+        write_crlf(lists / f"testlist0{k}.txt", ["HandStandPushups/v_HandStandPushups_g02_c01.avi"])
+    manifest = load_manifest("ucf101", tmp_path)
+    assert manifest.problems.count() == 0, manifest.problems.sections()
+    assert [entry.id for entry in manifest.videos] == [
+        "HandstandPushups/v_HandStandPushups_g01_c01.avi",
+        "HandstandPushups/v_HandStandPushups_g02_c01.avi",
+    ]
+    assert len(manifest.existing()) == 2
+
+
 def test_ucf101_splits_dir_elsewhere(tmp_path: Path) -> None:
     root, lists = tmp_path / "UCF-101", tmp_path / "lists"
     make_ucf101(root, splits_dir=lists)
