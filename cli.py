@@ -137,6 +137,9 @@ def features(dataset: str, root: Path | None, config: str | None, kind: str | No
     if result.skipped_missing:
         click.echo(f"note: {result.skipped_missing} listed videos are missing on disk",
                    err=True)
+    if result.skipped_unsafe:
+        click.echo(f"note: {result.skipped_unsafe} list entries lead outside {root} and were "
+                   f"not read (`cli.py data validate` lists them)", err=True)
     click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
     if result.run.interrupted:
         sys.exit(130)

@@ -2,8 +2,8 @@
 
 The payload's `__reduce__` opens a marker file for writing, so running it leaves evidence. The
 control test proves the payload is live (plain pickle does create the file); the others load
-it through `cli.py evaluate` and `pipeline.classify.load_classifier` (cli.py has no `classify`
-command yet) and check the one-line error and that the marker was never created.
+it through `cli.py evaluate`, `cli.py classify` and `pipeline.classify.load_classifier` and check
+the one-line error and that the marker was never created.
 """
 
 from __future__ import annotations
@@ -87,11 +87,20 @@ def test_evaluate_refuses_a_pickle_payload(kind: str, tmp_path: Path,
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("kind", ["zip", "raw"])
-def test_classify_refuses_a_pickle_payload(kind: str, tmp_path: Path) -> None:
+def test_classify_refuses_a_pickle_payload(kind: str, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     marker = tmp_path / "pwned.txt"
     path = malicious(kind, tmp_path / "evil.pt", marker)
     with pytest.raises(UserError, match=r"evil\.pt is not a valid checkpoint"):
         load_classifier(path, device="cpu")
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"not looked at: the checkpoint is refused first")
+    code, stderr = run_cli(["classify", str(video), "--checkpoint", str(path), "--device", "cpu"],
+                           monkeypatch, capsys)
+    assert code == 1
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert stderr.startswith(f"error: {path} is not a valid checkpoint"), stderr
     assert not marker.exists()
 
 
