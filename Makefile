@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CLI := $(PY) cli.py
 
-.PHONY: setup data features train evaluate classify demo reproduce test test-all bench lint clean
+.PHONY: setup data features train evaluate classify demo reproduce test test-slow test-all bench lint clean
 
 ## setup: create .venv with $(PYTHON) and install the pinned requirements (once; again when they change)
 setup: $(STAMP)
@@ -50,18 +50,27 @@ demo: $(STAMP)
 	$(CLI) classify "data/toy/$$clip" --dataset toy --device $(DEVICE) --explain runs/toy/demo-explain.png
 	@echo "outputs: data/toy/ (videos), features/toy.zarr (features), runs/toy/ (checkpoint, metrics, curves, confusion matrix), runs/toy/demo-explain.png (why)"
 
-## test: the CPU test suite (fast cases; `make test-all` adds the heavy ones)
+## reproduce: the paper's Flash-MNIST ablation grid (reduced CPU schedule; ARGS=--full for the paper's) -> docs/reproduction.md
+reproduce: $(STAMP)
+	$(PY) -m pipeline.reproduce --device $(DEVICE) $(ARGS)
+
+## test: the CPU test suite (fast cases; `make test-all` adds the heavy ones, marked slow)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: $(STAMP)
-	$(PY) -m pytest -q
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+## test-all: what CI runs: the fast suite, then the heavy cases (more kill -9 trials, compiled flow)
+test-all: test test-slow
 
 ## bench: every benchmark, one JSON object each
 bench: $(STAMP)
 	$(PY) bench/decode.py --json
 	$(PY) bench/flow.py --json
+	$(PY) bench/extract.py --json
 	$(PY) bench/train.py --json
+	$(PY) bench/classify.py --json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
