@@ -160,10 +160,18 @@ def store() -> None:
 def store_info(path: Path, as_json: bool) -> None:
     """Counts per modality and status, failures with their errors, the extraction config."""
     import json
+    import time
 
     from pipeline.store import format_summary, open_store
 
-    summary = open_store(path).summary()
+    for attempt in range(3):
+        try:
+            summary = open_store(path).summary()
+            break
+        except RuntimeError as exc:  # a shard replaced between two reads by a running `features`
+            if attempt == 2:
+                raise UserError(f"{path} changed while being read ({exc}); try again") from exc
+            time.sleep(0.5)
     click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
 
 
