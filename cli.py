@@ -36,7 +36,13 @@ def data() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--videos", type=click.IntRange(min=1),
               help="toy: number of clips; flash-mnist: training videos per class.")
-def data_generate(name: str, out: Path | None, seed: int, videos: int | None) -> None:
+@click.option("--mnist-dir", type=click.Path(path_type=Path),
+              help="flash-mnist: folder with MNIST's IDX files [scikit-learn's digits].")
+@click.option("--source", type=click.Choice(("auto", "mnist", "sklearn", "download")),
+              default="auto", show_default=True,
+              help="flash-mnist digits: auto = MNIST when --mnist-dir is given, else sklearn.")
+def data_generate(name: str, out: Path | None, seed: int, videos: int | None,
+                  mnist_dir: Path | None = None, source: str = "auto") -> None:
     """Write a generated dataset (offline, deterministic for a seed)."""
     out = out or Path("data") / name
     if name == "toy":
@@ -48,7 +54,7 @@ def data_generate(name: str, out: Path | None, seed: int, videos: int | None) ->
         from pipeline.flash_mnist import generate_flash_mnist
 
         kwargs = {"per_class_train": videos} if videos else {}
-        path = generate_flash_mnist(out, seed=seed, **kwargs)
+        path = generate_flash_mnist(out, seed=seed, mnist_dir=mnist_dir, source=source, **kwargs)
     click.echo(f"wrote {name} to {path}")
 
 
