@@ -31,7 +31,8 @@ import zarr
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.hostile import CHEAP_PROFILE, clip_dataset  # noqa: E402
+from tests.hostile import clip_dataset  # noqa: E402
+from tests.profiles import CHEAP_PROFILE  # noqa: E402
 
 MIB = 2**20
 SAMPLE_S = 0.5

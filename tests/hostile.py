@@ -226,21 +226,6 @@ HOSTILE: tuple[Case, ...] = (
 )
 
 
-# A cheap profile for the tests that run many whole extractions (crash-resume, a Dask
-# cluster, load): small crops, OpenCV's DIS flow (no compilation warm-up in each worker).
-CHEAP_PROFILE = """
-dataset: {kind: folder}
-limits: {max_seconds: 60, timeout_s: 60}
-modalities:
-  rgb: {positions: 3, resize_short: 64, crop: 56, backbone: {name: efficientnet_lite0}}
-  flow:
-    positions: 2
-    frames_per_stack: 3
-    size: [64, 48]
-    backend: dis
-    backbone: {name: efficientnet_lite0}
-  audio: {positions: 3, backbone: {name: logmel}}
-"""
 
 
 def clip_dataset(root: Path, videos: int, classes: int = 2, seconds: float = 1.0) -> Path:

@@ -23,22 +23,10 @@ from pipeline.features import run_features
 from pipeline.store import open_store
 from pipeline.toy import generate_toy
 from pipeline.training import TrainConfig, train
+from tests.profiles import TINY_PROFILE
 from tests.synth_video import make_clip
 
-# The tiny profile of tests/test_features.py: the code path of `make features`, small inputs.
-PROFILE = """
-dataset: {kind: ucf101}
-limits: {max_seconds: 60, timeout_s: 60}
-modalities:
-  rgb: {positions: 3, resize_short: 64, crop: 56, backbone: {name: efficientnet_lite0}}
-  flow:
-    positions: 2
-    frames_per_stack: 3
-    size: [64, 48]
-    params: {nscales: 2, warps: 2, outer_iterations: 2, inner_iterations: 10}
-    backbone: {name: efficientnet_lite0}
-  audio: {positions: 3, backbone: {name: logmel}}
-"""
+PROFILE = TINY_PROFILE
 MODALITIES = ("rgb", "flow", "audio")
 
 

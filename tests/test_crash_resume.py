@@ -23,7 +23,8 @@ import zarr
 from pipeline.config import load_profile
 from pipeline.features import run_features
 from pipeline.store import Status, partial_path
-from tests.hostile import CHEAP_PROFILE, clip_dataset
+from tests.hostile import clip_dataset
+from tests.profiles import CHEAP_PROFILE
 
 ROOT = Path(__file__).resolve().parent.parent
 MODALITIES = ("rgb", "flow", "audio")

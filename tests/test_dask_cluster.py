@@ -25,7 +25,8 @@ import zarr
 from pipeline.config import load_profile
 from pipeline.features import run_features
 from pipeline.store import Status
-from tests.hostile import CHEAP_PROFILE, clip_dataset
+from tests.hostile import clip_dataset
+from tests.profiles import CHEAP_PROFILE
 
 ROOT = Path(__file__).resolve().parent.parent
 DASK = Path(sys.executable).with_name("dask")

@@ -17,24 +17,12 @@ from pipeline.config import load_profile
 from pipeline.features import run_features
 from pipeline.store import open_store
 from pipeline.toy import factors_of, generate_toy
+from tests.profiles import TINY_PROFILE
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ("features", "mask", "time", "status", "error")
 
-# Small inputs keep the suite fast; the code path is the one `make features` runs.
-PROFILE = """
-dataset: {kind: ucf101}
-limits: {max_seconds: 60, timeout_s: 60}
-modalities:
-  rgb: {positions: 3, resize_short: 64, crop: 56, backbone: {name: efficientnet_lite0}}
-  flow:
-    positions: 2
-    frames_per_stack: 3
-    size: [64, 48]
-    params: {nscales: 2, warps: 2, outer_iterations: 2, inner_iterations: 10}
-    backbone: {name: efficientnet_lite0}
-  audio: {positions: 3, backbone: {name: logmel}}
-"""
+PROFILE = TINY_PROFILE
 
 
 @pytest.fixture(scope="module")

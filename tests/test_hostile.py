@@ -24,12 +24,12 @@ from pipeline.features import run_features
 from pipeline.store import Status, open_store
 from tests.hostile import (
     ALL,
-    CHEAP_PROFILE,
     HOSTILE,
     clip,
     symlink,
     video_named_directory,
 )
+from tests.profiles import CHEAP_PROFILE
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASS = "hostile"

@@ -19,7 +19,8 @@ import pytest
 import zarr
 
 from pipeline.store import Status, open_store
-from tests.hostile import CHEAP_PROFILE, clip_dataset
+from tests.hostile import clip_dataset
+from tests.profiles import CHEAP_PROFILE
 
 ROOT = Path(__file__).resolve().parent.parent
 MODALITIES = ("rgb", "flow", "audio")
