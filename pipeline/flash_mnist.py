@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from extract.errors import UserError
 from pipeline.digits import IMAGE_SIZE, DigitPool, DigitPools, Source, load_digit_pools
+from pipeline.outputs import prepare_output
 
 FRAMES = 25  # L, local features per video in the paper's study
 DIGITS = 10
@@ -89,21 +90,6 @@ def make_videos(
         frame_digit[videos, slot] = digits
         frame_image[videos, slot] = pool.ids[picks]
     return frames, frame_digit, frame_image
-
-
-def _prepare_output(out: Path) -> Path:
-    """Create `out` or explain in one line why it cannot hold the dataset."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output {out} exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write the dataset into {out}: {exc.strerror or exc}") from exc
-    return out
 
 
 def _write_split(
@@ -180,7 +166,7 @@ def generate_flash_mnist(
     for name, value in (("per_class_train", per_class_train), ("per_class_test", per_class_test)):
         if int(value) != value or value < 1:
             raise UserError(f"{name} must be a positive whole number of videos, got {value}")
-    out = _prepare_output(out)
+    out = prepare_output(out)
     pools = load_digit_pools(mnist_dir=mnist_dir, source=source)
     path = out / STORE_NAME
     group = zarr.open_group(str(path), mode="w", zarr_format=3)

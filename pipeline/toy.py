@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from extract.encode import write_video
 from extract.errors import UserError
+from pipeline.outputs import prepare_output
 
 # Two colours with equal BT.601 luma (0.299 R + 0.587 G + 0.114 B = 94.85 and 95.2).
 APPEARANCES: dict[str, tuple[int, int, int]] = {"Red": (200, 50, 50), "Blue": (60, 85, 240)}
@@ -281,20 +282,6 @@ def write_split_lists(out: Path, clips: list[Clip]) -> None:
         (folder / f"testlist0{split}.txt").write_text("".join(f"{x}\n" for x in test))
 
 
-def _prepare_output(out: Path) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output {out} exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write the toy dataset into {out}: {exc.strerror or exc}") from exc
-    return out
-
-
 def generate_toy(out: Path, seed: int = 0, videos: int = 288, progress: bool = True) -> Path:
     """Write the toy dataset (clips, UCF101 split lists, toy.json) into `out`; returns `out`.
 
@@ -302,7 +289,7 @@ def generate_toy(out: Path, seed: int = 0, videos: int = 288, progress: bool = T
     names = class_names()
     if int(videos) != videos or videos < len(names):
         raise UserError(f"toy needs at least {len(names)} videos (one per class), got {videos}")
-    out = _prepare_output(out)
+    out = prepare_output(out)
     clips = plan_clips(seed, int(videos))
     for clip in tqdm(clips, desc="toy clips", unit="clip", disable=not progress):
         target = out / clip.path
