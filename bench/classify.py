@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pipeline.extraction as extraction  # noqa: E402
 from extract.encode import write_video  # noqa: E402
+from extract.tvl1_torch import compile_wanted
 from pipeline.classify import Classifier, classify_one, load_classifier  # noqa: E402
 from pipeline.config import load_profile  # noqa: E402
 from pipeline.features import run_features  # noqa: E402
@@ -147,7 +148,7 @@ def run(repeats: int, device: str, log: Callable[[str], None]) -> dict[str, Any]
             "clip": {"seconds": SECONDS, "size": list(SIZE), "fps": FPS, "audio": True},
             "profile": "toy",
             "positions": {m: int(s["positions"]) for m, s in classifier.extractor.settings.items()},
-            "flow_compile": os.environ.get("AC_FLOW_COMPILE", "1") != "0",
+            "flow_compile": compile_wanted(None, classifier.extractor.device),
             "load_seconds": round(load_seconds, 3),
             "first_video_seconds": round(first_seconds, 3),
             "repeats": repeats,

@@ -221,7 +221,7 @@ def warp(images: torch.Tensor, u: torch.Tensor, interpolation: str) -> torch.Ten
                          align_corners=True)
 
 
-def _compile_wanted(compile: bool | None, device: torch.device) -> bool:
+def compile_wanted(compile: bool | None, device: torch.device) -> bool:
     """Explicit choice, else AC_FLOW_COMPILE=0/1, else compile on CUDA only.
 
     On CPU, compiling costs 35 s to 5 minutes per worker process (then cached on disk) for a
@@ -346,7 +346,7 @@ def tvl1(
     i0: torch.Tensor, i1: torch.Tensor, params: FlowParams, compile: bool | None = None
 ) -> torch.Tensor:
     """Flow (B,2,H,W) from I0 to I1, both (B,1,H,W) float32 in 0..255, on their own device."""
-    kernels = _Kernels(_compile_wanted(compile, i0.device))
+    kernels = _Kernels(compile_wanted(compile, i0.device))
     period = _check_period(params.inner_iterations, i0.device)
     mode = "bicubic" if params.interpolation == "bicubic" else "bilinear"
 
