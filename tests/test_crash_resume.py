@@ -25,6 +25,7 @@ from pipeline.config import load_profile
 from pipeline.features import run_features
 from pipeline.store import Status, partial_path
 from tests.hostile import clip_dataset
+from tests.processes import kill_group_when
 from tests.profiles import CHEAP_PROFILE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,19 +80,8 @@ def kill_at_random(command: list[str], out: Path, rng: np.random.Generator) -> i
     """Run `command`, SIGKILL its process group after a random number of rows; rows left."""
     target = int(rng.integers(0, VIDEOS - 3))
     delay = float(rng.uniform(0.0, 0.5))
-    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and process.poll() is None:
-            if len(complete_rows(out)) >= target:
-                time.sleep(delay)
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, "the run ended before it could be killed"
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    kill_group_when(command, ROOT, lambda: len(complete_rows(out)) >= target,
+                    timeout_s=300, poll_s=0.05, delay_s=delay)
     return VIDEOS - len(complete_rows(out))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pipeline.config import load_profile
 from pipeline.features import run_features
 from pipeline.store import open_store
 from pipeline.toy import factors_of, generate_toy
+from tests.processes import kill_group_when
 from tests.profiles import TINY_PROFILE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,22 +146,15 @@ def test_killed_run_resumes_to_the_identical_store(dataset: tuple[Path, Path],
         np.testing.assert_array_equal(one[key], two[key], err_msg=key)
 
 
+def rows_done(out: Path) -> int:
+    """Rows with rgb done, read while `features` may be writing the store."""
+    try:
+        return int((zarr.open_group(out, mode="r")["rgb/status"][:] == 1).sum())
+    except (KeyError, FileNotFoundError, RuntimeError, ValueError):
+        return 0  # not created yet, or a shard replaced between two reads
+
+
 def kill_after_three_rows(command: list[str], out: Path) -> int:
     """Run `command`, SIGKILL its whole process group once 3 rows are done; rows done then."""
-    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                done = (zarr.open_group(out, mode="r")["rgb/status"][:] == 1).sum()
-            except (KeyError, FileNotFoundError, RuntimeError, ValueError):
-                done = 0  # not created yet, or a shard replaced between two reads
-            if done >= 3:
-                break
-            time.sleep(0.1)
-        assert process.poll() is None, "the run ended before it could be killed"
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    kill_group_when(command, ROOT, lambda: rows_done(out) >= 3, timeout_s=180, poll_s=0.1)
     return int((zarr.open_group(out, mode="r")["rgb/status"][:] == 1).sum())
