@@ -46,12 +46,12 @@ def data_generate(name: str, out: Path | None, seed: int, videos: int | None,
     """Write a generated dataset (offline, deterministic for a seed)."""
     out = out or Path("data") / name
     if name == "toy":
-        from pipeline.toy import generate_toy
+        from pipeline.datasets.generated.toy import generate_toy
 
         kwargs = {"videos": videos} if videos else {}
         path = generate_toy(out, seed=seed, **kwargs)
     else:
-        from pipeline.flash_mnist import generate_flash_mnist
+        from pipeline.datasets.generated.flash_mnist import generate_flash_mnist
 
         kwargs = {"per_class_train": videos} if videos else {}
         path = generate_flash_mnist(out, seed=seed, mnist_dir=mnist_dir, source=source, **kwargs)
@@ -72,7 +72,7 @@ def data_get(name: str, out: Path | None) -> None:
         ctx = click.get_current_context()
         ctx.invoke(data_generate, name=name, out=out, seed=0, videos=None)
         return
-    from pipeline.download import fetch_dataset
+    from pipeline.datasets.download import fetch_dataset
 
     click.echo(f"{name} is in {fetch_dataset(name, out)}")
 
@@ -84,7 +84,7 @@ def data_get(name: str, out: Path | None) -> None:
               help="Folder of the official split files, when not inside the root.")
 def data_validate(kind: str, root: Path, splits: Path | None) -> None:
     """Check a dataset against its official layout: classes, splits, missing files."""
-    from pipeline.manifests import validate_command
+    from pipeline.datasets.manifest import validate_command
 
     text, valid = validate_command(kind, root, splits)
     click.echo(text)
@@ -126,10 +126,10 @@ def features(dataset: str, root: Path | None, config: str | None, kind: str | No
     """
     import json
 
-    from pipeline.config import default_profile_for, load_profile
-    from pipeline.dask_runner import format_run_summary
-    from pipeline.features import run_features
-    from pipeline.store import format_summary
+    from pipeline.features.dask_runner import format_run_summary
+    from pipeline.features.run import run_features
+    from pipeline.profiles import default_profile_for, load_profile
+    from pipeline.store.feature_store import format_summary
 
     root, out = _dataset_paths(dataset, root, out)
     profile = load_profile(config or default_profile_for(dataset))
@@ -168,7 +168,7 @@ def store_info(path: Path, as_json: bool) -> None:
     import json
     import time
 
-    from pipeline.store import format_summary, open_store
+    from pipeline.store.feature_store import format_summary, open_store
 
     for attempt in range(3):
         try:
@@ -209,11 +209,11 @@ def train(dataset: str, store_path: Path | None, out: Path | None, split: str,
     """Train the Attention Clusters classifier on a feature store."""
     import json
 
-    from pipeline.config import default_profile_for, load_profile
-    from pipeline.runs import new_run_dir
-    from pipeline.train_data import open_store
-    from pipeline.training import TrainConfig
-    from pipeline.training import train as run_training
+    from pipeline.profiles import default_profile_for, load_profile
+    from pipeline.train.data import open_store
+    from pipeline.train.loop import TrainConfig
+    from pipeline.train.loop import train as run_training
+    from pipeline.train.runs import new_run_dir
 
     store_path = _store_for(dataset, store_path)
     settings = dict(load_profile(config or default_profile_for(dataset))["train"])
@@ -268,10 +268,10 @@ def evaluate(dataset: str, checkpoint: Path | None, store_path: Path | None, spl
     """Test metrics of a checkpoint: top-1/top-5/mean class accuracy, or mAP/GAP/Hit@1/PERR."""
     import json
 
-    from pipeline.checkpoint import load_checkpoint
-    from pipeline.evaluation import evaluate as run_evaluation
-    from pipeline.evaluation import evaluate_splits
-    from pipeline.runs import checkpoints_of, newest_checkpoint
+    from pipeline.train.checkpoint import load_checkpoint
+    from pipeline.train.evaluate import evaluate as run_evaluation
+    from pipeline.train.evaluate import evaluate_splits
+    from pipeline.train.runs import checkpoints_of, newest_checkpoint
 
     store_path = _store_for(dataset, store_path)
     if split == "all":
@@ -311,7 +311,7 @@ def classify(videos: tuple[Path, ...], dataset: str, checkpoint: Path | None, to
     """Classify videos with a trained checkpoint; --explain shows the moments that decided it."""
     import json
 
-    from pipeline.classify import classify_videos, format_table
+    from pipeline.inference.classify import classify_videos, format_table
 
     results = classify_videos(list(videos), checkpoint, top_k=top_k, device=device,
                               explain=explain, progress=not as_json, dataset=dataset)

@@ -33,14 +33,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pipeline.extraction as extraction  # noqa: E402
-from extract.encode import write_video  # noqa: E402
-from extract.tvl1_torch import compile_wanted
-from pipeline.classify import Classifier, classify_one, load_classifier  # noqa: E402
-from pipeline.config import load_profile  # noqa: E402
-from pipeline.features import run_features  # noqa: E402
-from pipeline.toy import generate_toy  # noqa: E402
-from pipeline.training import TrainConfig, train  # noqa: E402
+import pipeline.features.extractor as extraction
+from extract.flow.tvl1_torch import compile_wanted
+from extract.video.encode import write_video  # noqa: E402
+from pipeline.datasets.generated.toy import generate_toy  # noqa: E402
+from pipeline.features.run import run_features  # noqa: E402
+from pipeline.inference.classify import Classifier, classify_one, load_classifier  # noqa: E402
+from pipeline.profiles import load_profile  # noqa: E402
+from pipeline.train.loop import TrainConfig, train  # noqa: E402
 
 SIZE, SECONDS, FPS, SAMPLE_RATE = (320, 240), 10.0, 25.0, 16000
 # (function name in pipeline/extraction.py, stage); extract_batched is split by modality.

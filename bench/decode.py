@@ -30,8 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from extract.encode import write_video  # noqa: E402
-from extract.video import read_rgb, segment_centres  # noqa: E402
+from extract.video.encode import write_video  # noqa: E402
+from extract.video.frames import read_rgb, segment_centres  # noqa: E402
 
 K = 32
 FPS = 25.0

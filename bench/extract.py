@@ -25,17 +25,17 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
-from extract.audio import SAMPLE_RATE, log_mel_patches  # noqa: E402
-from extract.audio_decode import read_audio  # noqa: E402
-from extract.backbones import extract_batched  # noqa: E402
-from extract.flow import flow_stacks  # noqa: E402
-from extract.video import read_gray_stacks, read_rgb  # noqa: E402
-from pipeline.config import load_profile  # noqa: E402
-from pipeline.extraction import VideoFeatureExtractor  # noqa: E402
-from pipeline.features import run_features  # noqa: E402
-from pipeline.manifests import load_manifest  # noqa: E402
-from pipeline.store import ModalitySpec, create_store  # noqa: E402
-from pipeline.toy import generate_toy  # noqa: E402
+from extract.backbones.registry import extract_batched  # noqa: E402
+from extract.flow.stacks import flow_stacks  # noqa: E402
+from extract.logmel import SAMPLE_RATE, log_mel_patches  # noqa: E402
+from extract.video.audio import read_audio  # noqa: E402
+from extract.video.frames import read_gray_stacks, read_rgb  # noqa: E402
+from pipeline.datasets.generated.toy import generate_toy  # noqa: E402
+from pipeline.datasets.manifest import load_manifest  # noqa: E402
+from pipeline.features.extractor import VideoFeatureExtractor  # noqa: E402
+from pipeline.features.run import run_features  # noqa: E402
+from pipeline.profiles import load_profile  # noqa: E402
+from pipeline.store.feature_store import ModalitySpec, create_store  # noqa: E402
 
 
 def worker_peak_rss_gb() -> float:

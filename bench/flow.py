@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from extract.flow import FlowParams, compute_flow  # noqa: E402
-from extract.flow_truth import TruthPair, endpoint_error, make_pairs  # noqa: E402
-from extract.tvl1_torch import COMPILE_ENV  # noqa: E402
+from extract.flow.stacks import FlowParams, compute_flow  # noqa: E402
+from extract.flow.truth import TruthPair, endpoint_error, make_pairs  # noqa: E402
+from extract.flow.tvl1_torch import COMPILE_ENV  # noqa: E402
 
 RESOLUTION = (340, 256)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from extract.encode import write_video
+from extract.video.encode import write_video
 from tests.synth_video import indexed_frame, make_clip, tone
 
 HOUR_S = 3600

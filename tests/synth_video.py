@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.encode import write_video
+from extract.video.encode import write_video
 
 COLOUR_PERIOD = 512
 BAND_BITS = 10

@@ -8,10 +8,10 @@ import torch
 from torchvggish import torchvggish as tv_model
 from torchvggish import vggish_input
 
-from extract.audio import LOG_MEL_CONFIG, LOG_OFFSET, MIN_SAMPLES, log_mel_patches
-from extract.backbones import build_backbone
+from extract.backbones.registry import build_backbone
+from extract.backbones.vggish import PCA_NAME, RELEASE_URL, WEIGHTS_NAME
 from extract.errors import UserError
-from extract.vggish import PCA_NAME, RELEASE_URL, WEIGHTS_NAME
+from extract.logmel import LOG_MEL_CONFIG, LOG_OFFSET, MIN_SAMPLES, log_mel_patches
 
 TOLERANCE = 1e-4  # max abs difference to torchvggish's log-mel, stated in docs/backbones.md
 

@@ -12,17 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
-import pipeline.classify as classify
-import pipeline.extraction as extraction
+import pipeline.features.extractor as extraction
+import pipeline.inference.classify as classify
 from extract.errors import UserError
 from model.network import probabilities
-from pipeline.checkpoint import load_checkpoint
-from pipeline.config import load_profile
-from pipeline.evaluation import load_model
-from pipeline.features import run_features
-from pipeline.store import open_store
-from pipeline.toy import generate_toy
-from pipeline.training import TrainConfig, train
+from pipeline.datasets.generated.toy import generate_toy
+from pipeline.features.run import run_features
+from pipeline.profiles import load_profile
+from pipeline.store.feature_store import open_store
+from pipeline.train.checkpoint import load_checkpoint
+from pipeline.train.evaluate import load_model
+from pipeline.train.loop import TrainConfig, train
 from tests.profiles import TINY_PROFILE
 from tests.synth_video import make_clip
 

@@ -38,7 +38,7 @@ def test_missing_dataset_root(tmp_path: Path) -> None:
 
 
 def test_validate_accepts_a_generated_toy_set(tmp_path: Path) -> None:
-    from pipeline.toy import generate_toy
+    from pipeline.datasets.generated.toy import generate_toy
 
     root = generate_toy(tmp_path / "toy", videos=12, progress=False)
     result = cli("data", "validate", "ucf101", "--root", str(root))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from extract.errors import UserError
-from pipeline.config import CONFIG_DIR, default_profile_for, load_profile
+from pipeline.profiles import CONFIG_DIR, default_profile_for, load_profile
 
 SHIPPED = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 

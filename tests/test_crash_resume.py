@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.config import load_profile
-from pipeline.features import run_features
-from pipeline.store import Status, partial_path
+from pipeline.features.run import run_features
+from pipeline.profiles import load_profile
+from pipeline.store.feature_store import Status, partial_path
 from tests.hostile import clip_dataset
 from tests.processes import kill_group_when
 from tests.profiles import CHEAP_PROFILE

@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 from extract.errors import UserError
-from pipeline.dask_runner import (
+from pipeline.features.dask_runner import (
     config_key,
     dask_client,
     format_run_summary,
@@ -19,7 +19,7 @@ from pipeline.dask_runner import (
     run_tasks,
     worker_cached,
 )
-from pipeline.store import ModalitySpec, Status, StoreError, create_store
+from pipeline.store.feature_store import ModalitySpec, Status, StoreError, create_store
 
 # One cluster for the module; a task may kill a worker at most twice before it fails.
 RETRIES = 1

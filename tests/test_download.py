@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from extract.errors import UserError
-from pipeline.download import (
+from pipeline.datasets.download import (
     DATASETS_OFFLINE,
     clip_filename,
     download_file,

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.config import load_profile
-from pipeline.features import run_features
-from pipeline.store import open_store
-from pipeline.toy import factors_of, generate_toy
+from pipeline.datasets.generated.toy import factors_of, generate_toy
+from pipeline.features.run import run_features
+from pipeline.profiles import load_profile
+from pipeline.store.feature_store import open_store
 from tests.processes import kill_group_when
 from tests.profiles import TINY_PROFILE
 

@@ -10,8 +10,8 @@ import pytest
 import zarr
 
 from extract.errors import UserError
-from pipeline.digits import load_digit_pools, read_idx
-from pipeline.flash_mnist import (
+from pipeline.datasets.generated.digits import load_digit_pools, read_idx
+from pipeline.datasets.generated.flash_mnist import (
     CLASSES,
     FRAMES,
     NOISE_LABEL,

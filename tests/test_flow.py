@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from extract.errors import UserError
-from extract.flow import (
+from extract.flow.stacks import (
     FlowInputError,
     FlowParams,
     compute_flow,
@@ -17,8 +17,8 @@ from extract.flow import (
     flow_stacks,
     quantize_flow,
 )
-from extract.flow_truth import FAMILIES, endpoint_error, make_pairs, translated_stack
-from extract.tvl1_torch import (
+from extract.flow.truth import FAMILIES, endpoint_error, make_pairs, translated_stack
+from extract.flow.tvl1_torch import (
     inner_iterations,
     median_filter,
     opencv_median,

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extract.audio_decode import read_audio
 from extract.errors import DecodeError
-from extract.video import DecodeLimits, read_gray_stacks, read_rgb
-from pipeline.config import load_profile
-from pipeline.extraction import VideoFeatureExtractor
-from pipeline.features import run_features
-from pipeline.store import Status, open_store
+from extract.video.audio import read_audio
+from extract.video.frames import DecodeLimits, read_gray_stacks, read_rgb
+from pipeline.features.extractor import VideoFeatureExtractor
+from pipeline.features.run import run_features
+from pipeline.profiles import load_profile
+from pipeline.store.feature_store import Status, open_store
 from tests.hostile import (
     ALL,
     HOSTILE,

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from extract.errors import UserError
-from pipeline.manifests import (
+from pipeline.datasets.base import safe_relative
+from pipeline.datasets.manifest import (
     TEST,
     TRAIN,
     UNUSED,
@@ -20,7 +21,6 @@ from pipeline.manifests import (
     load_manifest,
     validate_command,
 )
-from pipeline.manifests_base import safe_relative
 
 UCF_CLASSES = ["ApplyEyeMakeup", "Archery", "Basketball"]
 UCF_GROUPS = (1, 2, 3, 4)

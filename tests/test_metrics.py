@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from pipeline.metrics import (
+from pipeline.train.metrics import (
     average_precision,
     confusion_matrix,
     global_average_precision,

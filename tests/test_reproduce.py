@@ -11,10 +11,11 @@ import torch
 import zarr
 
 from extract.errors import UserError
-from pipeline.flash_features import class_names, frame_features
-from pipeline.flash_mnist import CLASSES, NOISE
-from pipeline.lenet import LeNet, load_lenet
-from pipeline.reproduce import (
+from pipeline.datasets.generated.flash_mnist import CLASSES, NOISE
+from pipeline.store.feature_store import Status, open_store
+from pipeline.study.flash_features import class_names, frame_features
+from pipeline.study.lenet import LeNet, load_lenet
+from pipeline.study.reproduce import (
     FULL,
     REDUCED,
     Schedule,
@@ -24,7 +25,6 @@ from pipeline.reproduce import (
     parse_args,
     reproduce,
 )
-from pipeline.store import Status, open_store
 
 TINY = Schedule("tiny", per_class_train=1, per_class_test=1, epochs=1, lr=1e-2, hidden=8,
                 lenet_steps=40, lenet_batch=64)

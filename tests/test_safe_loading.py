@@ -17,8 +17,8 @@ import torch
 
 import cli
 from extract.errors import UserError
-from pipeline.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
-from pipeline.classify import load_classifier
+from pipeline.inference.classify import load_classifier
+from pipeline.train.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
 
 
 class CreatesFile:

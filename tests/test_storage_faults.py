@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.store import Status, open_store
+from pipeline.store.feature_store import Status, open_store
 from tests.hostile import clip_dataset
 from tests.profiles import CHEAP_PROFILE
 
@@ -34,7 +34,7 @@ DISK_FILLS_UP = f"""
 import errno, os, sys
 sys.path.insert(0, {str(ROOT)!r})
 import cli
-from pipeline import store as store_module
+import pipeline.store.feature_store as store_module
 from zarr.storage import LocalStore
 
 state = {{"flushes": 0, "writes": 0}}

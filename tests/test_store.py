@@ -12,7 +12,7 @@ import pytest
 import zarr
 
 from extract.errors import UserError
-from pipeline.store import (
+from pipeline.store.feature_store import (
     FORMAT_NAME,
     ModalitySpec,
     Status,
@@ -137,7 +137,7 @@ def test_multilabel_store(tmp_path):
 
 
 def test_status_is_written_last(tmp_path, monkeypatch):
-    import pipeline.store as store_module
+    import pipeline.store.feature_store as store_module
 
     store = make_store(tmp_path / "s.zarr", n=10)
     real_write = store_module._write_rows

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from extract.errors import UserError
-from pipeline.toy import (
+from pipeline.datasets.generated.toy import (
     SOUNDS,
     class_names,
     disc_centres,
@@ -21,7 +21,7 @@ from pipeline.toy import (
     render_frames,
 )
 
-HAS_MANIFESTS = importlib.util.find_spec("pipeline.manifests") is not None
+HAS_MANIFESTS = importlib.util.find_spec("pipeline.datasets.manifest") is not None
 VIDEOS = 24  # two clips per class: the smallest set with training clips in every split
 
 
@@ -129,7 +129,7 @@ def test_layout_is_ucf101s(toy) -> None:
 
 @pytest.mark.skipif(not HAS_MANIFESTS, reason="pipeline/manifests.py not written yet")
 def test_ucf101_manifest_reads_the_toy_set(toy) -> None:
-    from pipeline.manifests import TEST, TRAIN, is_valid, load_manifest
+    from pipeline.datasets.manifest import TEST, TRAIN, is_valid, load_manifest
 
     root, record = toy
     manifest = load_manifest("ucf101", root)

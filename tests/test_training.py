@@ -13,12 +13,12 @@ import torch
 import zarr
 from fake_store import ABSENT, FAILED, PENDING, make_store
 
+import pipeline.train.data as train_data
 from extract.errors import UserError
-from pipeline import train_data
-from pipeline.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
-from pipeline.evaluation import evaluate, evaluate_splits
-from pipeline.train_data import TEST, TRAIN, load_part, load_split
-from pipeline.training import TrainConfig, train
+from pipeline.train.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from pipeline.train.data import TEST, TRAIN, load_part, load_split
+from pipeline.train.evaluate import evaluate, evaluate_splits
+from pipeline.train.loop import TrainConfig, train
 
 SMALL = {"rgb": 3, "audio": 2}
 

@@ -11,17 +11,11 @@ import av
 import numpy as np
 import pytest
 
-from extract.audio_decode import read_audio
-from extract.encode import write_video
 from extract.errors import DecodeError
-from extract.video import (
-    DecodeLimits,
-    probe,
-    read_gray_stacks,
-    read_rgb,
-    segment_centres,
-)
-from extract.video_sampler import sample_runs
+from extract.video.audio import read_audio
+from extract.video.encode import write_video
+from extract.video.frames import DecodeLimits, probe, read_gray_stacks, read_rgb, segment_centres
+from extract.video.sampler import sample_runs
 from tests.synth_video import (
     NON_REFERENCE_B_FRAMES,
     frame_index_of,

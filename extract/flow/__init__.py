@@ -1,0 +1,1 @@
+"""Optical flow: one batched interface (TSN-quantised stacks) over torch TV-L1, OpenCV and DIS."""

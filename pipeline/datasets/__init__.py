@@ -1,0 +1,1 @@
+"""Which videos a dataset has: official-layout adapters, downloads, and the generated datasets."""

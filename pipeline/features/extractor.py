@@ -1,0 +1,130 @@
+"""One video -> local features for every modality of a profile.
+
+This is the unit of work of `features` (one per Dask task) and of `classify` (one per video),
+so both compute features exactly alike. Each modality succeeds or fails on its own: a video
+with a broken audio track still gets RGB and flow features, and a video with no audio track
+gets audio status "absent" (normal for about half of UCF101), not "failed".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from extract.backbones.registry import Backbone, build_backbone, extract_batched, rebuild_backbone
+from extract.device import resolve_device
+from extract.errors import UserError
+from extract.flow.stacks import FlowParams, flow_stacks
+from extract.logmel import SAMPLE_RATE, log_mel_patches
+from extract.video.audio import read_audio
+from extract.video.frames import DecodeLimits, read_gray_stacks, read_rgb
+
+DONE, FAILED, ABSENT = "done", "failed", "absent"
+
+
+def decode_limits(limits: Mapping[str, Any]) -> DecodeLimits:
+    """The profile's `limits:` section as the decoder's bounds.
+
+    Decoder threads follow the per-worker thread budget the Dask runner sets (OMP_NUM_THREADS),
+    so several workers on one machine do not each start one decoding thread per core.
+    `timeout_s` bounds each modality's decode of one video; it never changes a feature, so it
+    is not recorded in stores or checkpoints (which is why it may be missing here).
+    """
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    timeout = limits.get("timeout_s")
+    return DecodeLimits(max_seconds=float(limits["max_seconds"]),
+                        max_pixels=int(limits["max_pixels"]), threads=threads,
+                        timeout_s=None if timeout is None else float(timeout))
+
+
+def pick_evenly(count: int, wanted: int) -> np.ndarray:
+    """Indices of `wanted` items spread evenly over `count` (segment centres), all if fewer."""
+    if count <= wanted:
+        return np.arange(count)
+    return ((np.arange(wanted) + 0.5) * count / wanted).astype(np.int64)
+
+
+class VideoFeatureExtractor:
+    """Decoding, flow and backbones for one profile, built once and reused for many videos.
+
+    `recorded` modality configs (from a store or checkpoint) rebuild the exact same backbones,
+    refusing weights files whose checksum differs.
+    """
+
+    def __init__(self, modalities: Mapping[str, Mapping[str, Any]], limits: Mapping[str, Any],
+                 device: str = "auto", recorded: Mapping[str, Mapping[str, Any]] | None = None):
+        self.settings = {name: dict(settings) for name, settings in modalities.items()}
+        self.limits = dict(limits)
+        self.device = resolve_device(device)
+        self._decode_limits = decode_limits(self.limits)
+        self.backbones: dict[str, Backbone] = {}
+        for name, settings in self.settings.items():
+            if recorded is not None:
+                self.backbones[name] = rebuild_backbone(recorded[name]["backbone"], self.device)
+                continue
+            spec = dict(settings["backbone"])
+            if name == "flow":  # one x and one y plane per consecutive frame pair
+                spec["channels"] = 2 * (int(settings["frames_per_stack"]) - 1)
+            self.backbones[name] = build_backbone(spec, name, self.device)
+        self.flow_params = (
+            FlowParams(**self.settings["flow"]["params"]) if "flow" in self.settings else None
+        )
+
+    def config(self, name: str) -> dict[str, Any]:
+        """Everything that determines modality `name`'s features, as stored in the store attrs."""
+        settings = {k: v for k, v in self.settings[name].items() if k != "batch_size"}
+        settings["backbone"] = self.backbones[name].config()
+        settings["limits"] = {k: self.limits[k] for k in ("max_seconds", "max_pixels")}
+        if name == "flow":
+            assert self.flow_params is not None
+            settings["params"] = self.flow_params.to_dict()
+        return settings
+
+    def dim(self, name: str) -> int:
+        return int(self.backbones[name].dim)
+
+    def extract(self, path: str | Path, modalities: Iterable[str] | None = None
+                ) -> dict[str, dict[str, Any]]:
+        """{modality: {status, features (l, D) float16, mask (l,), time (l,), error}}."""
+        results = {}
+        for name in modalities or self.settings:
+            try:
+                results[name] = getattr(self, f"_{name}")(Path(path))
+            except UserError as exc:
+                results[name] = {"status": FAILED, "error": str(exc)}
+            except Exception as exc:  # one odd video must not stop a run of thousands
+                results[name] = {"status": FAILED, "error": f"{type(exc).__name__}: {exc}"}
+        return results
+
+    def _features(self, name: str, items: np.ndarray, times: np.ndarray) -> dict[str, Any]:
+        batch = int(self.settings[name]["batch_size"])
+        features = extract_batched(self.backbones[name], items, batch).astype(np.float16)
+        return {"status": DONE, "features": features, "mask": np.ones(len(features), bool),
+                "time": np.asarray(times, np.float32), "error": ""}
+
+    def _rgb(self, path: Path) -> dict[str, Any]:
+        s = self.settings["rgb"]
+        sampled = read_rgb(path, s["positions"], s["resize_short"], s["crop"],
+                           self._decode_limits)
+        return self._features("rgb", sampled.frames, sampled.times)
+
+    def _flow(self, path: Path) -> dict[str, Any]:
+        s = self.settings["flow"]
+        sampled = read_gray_stacks(path, s["positions"], s["frames_per_stack"],
+                                   tuple(s["size"]), self._decode_limits)
+        stacks = flow_stacks(sampled.stacks, s["backend"], self.flow_params, self.device,
+                             bound=float(s["bound"]))
+        return self._features("flow", stacks, sampled.times)
+
+    def _audio(self, path: Path) -> dict[str, Any]:
+        s = self.settings["audio"]
+        waveform = read_audio(path, SAMPLE_RATE, self._decode_limits)
+        if waveform is None:
+            return {"status": ABSENT, "error": ""}
+        patches = log_mel_patches(waveform)
+        chosen = pick_evenly(len(patches.patches), s["positions"])
+        return self._features("audio", patches.patches[chosen], patches.times[chosen])

@@ -1,0 +1,102 @@
+"""`features`: every video of a dataset -> one Zarr feature store, computed by Dask workers.
+
+The client lists the dataset, creates (or reopens) the store, and writes every result itself;
+workers only decode and run models, each building its extractor once. Rerunning the same
+command resumes: rows already done are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from extract.errors import UserError
+from pipeline.datasets.manifest import Manifest, load_manifest
+from pipeline.features.dask_runner import RunSummary, config_key, run_tasks, worker_cached
+from pipeline.features.extractor import VideoFeatureExtractor, pick_evenly
+from pipeline.store.feature_store import FeatureStore, ModalitySpec, create_store
+
+
+@dataclass(frozen=True)
+class FeaturesRun:
+    """What one `features` call did: the store, the run's counts, and dataset problems."""
+
+    store: FeatureStore
+    run: RunSummary
+    skipped_missing: int
+    skipped_unsafe: int = 0  # list entries (or symlinks) leading outside the root: never read
+
+
+def extract_row(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """Dask task: features of one video. The extractor is built once per worker process."""
+    settings = payload["extractor"]
+    extractor = worker_cached(
+        config_key("extractor", settings),
+        lambda: VideoFeatureExtractor(settings["modalities"], settings["limits"],
+                                      settings["device"]),
+    )
+    return extractor.extract(payload["path"], payload["modalities"])
+
+
+def select_videos(manifest: Manifest, limit: int | None) -> tuple[list[Any], int]:
+    """Existing videos (missing ones are counted, not fatal), spread evenly when limited."""
+    existing = manifest.existing()
+    missing = len(manifest.videos) - len(existing)
+    if not existing:
+        raise UserError(f"{manifest.root}: no video files found for {manifest.dataset}")
+    if limit is not None:
+        existing = [existing[i] for i in pick_evenly(len(existing), limit)]
+    return existing, missing
+
+
+def open_or_create_store(out: Path, manifest: Manifest, videos: list[Any],
+                         extractor: VideoFeatureExtractor, overwrite: bool) -> FeatureStore:
+    specs = {name: ModalitySpec(int(settings["positions"]), extractor.dim(name),
+                                extractor.config(name))
+             for name, settings in extractor.settings.items()}
+    if manifest.task == "single":
+        labels: Any = np.array([v.label for v in videos], dtype=np.int32)
+    else:
+        labels = np.zeros((len(videos), len(manifest.classes)), dtype=bool)
+        for row, video in enumerate(videos):
+            labels[row, list(video.labels)] = True
+    return create_store(
+        out, dataset=manifest.dataset, task=manifest.task, classes=manifest.classes,
+        ids=[v.id for v in videos], labels=labels,
+        splits=np.array([v.splits for v in videos], dtype=np.uint8),
+        split_names=manifest.split_names, modalities=specs, overwrite=overwrite,
+    )
+
+
+def run_features(
+    *, kind: str, root: Path, profile: Mapping[str, Any], out: Path, dataset: str,
+    splits_dir: Path | None = None, workers: int | None = None, scheduler: str | None = None,
+    device: str = "auto", limit: int | None = None, overwrite: bool = False,
+    progress: bool = True, flush_seconds: float = 30.0,
+) -> FeaturesRun:
+    """Extract the features of every video of a dataset into `out`, resuming where it stopped."""
+    manifest = load_manifest(kind, root, splits_dir)
+    manifest.dataset = dataset
+    videos, missing = select_videos(manifest, limit)
+    settings = {"modalities": profile["modalities"], "limits": profile["limits"],
+                "device": device}
+    # Built here too: it checks weights are available before any worker starts, and gives
+    # the feature widths and full configs the store records.
+    probe = VideoFeatureExtractor(settings["modalities"], settings["limits"], device)
+    store = open_or_create_store(out, manifest, videos, probe, overwrite)
+    del probe
+    todo = store.todo_rows(overwrite=overwrite)
+    items = [
+        (int(row), {"path": str(manifest.root / videos[row].id), "extractor": settings,
+                    "modalities": store.todo_modalities(int(row), overwrite)})
+        for row in todo
+    ]
+    with store.writer(expected_rows=todo, flush_seconds=flush_seconds) as writer:
+        summary = run_tasks(items, extract_row, on_result=writer.add, scheduler=scheduler,
+                            workers=workers, progress=progress, description="videos")
+    return FeaturesRun(store=store, run=summary, skipped_missing=missing,
+                       skipped_unsafe=len(manifest.problems.unsafe))

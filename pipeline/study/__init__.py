@@ -1,0 +1,1 @@
+"""The paper's Flash-MNIST study: LeNet local features, the ablation grid, its report."""

@@ -1,0 +1,1 @@
+"""Training and evaluation of the attention-cluster network on a feature store."""

@@ -1,0 +1,430 @@
+"""Read a feature store (format v1, DESIGN.md) for training and evaluation.
+
+Splits are 1-based, as users and the official UCF101/HMDB51 lists name them (`--split 1` is
+column 0 of `videos/split`). A row is used when every chosen modality is `done` or `absent`
+and at least one is `done`; rows that are pending or failed in any chosen modality, rows
+absent everywhere and unlabelled rows are excluded and counted.
+
+Two ways to serve batches, same interface (`batches(batch_size, shuffle, seed)`):
+- `InMemoryFeatures`: the selected rows loaded once as float16 (half the memory of float32);
+  each batch is converted to float32 only on the device that computes it.
+- `StreamedFeatures`: rows read from Zarr in chunk-aligned blocks by a DataLoader worker,
+  blocks in shuffled order and rows shuffled within a block, so memory stays bounded by a
+  few blocks whatever the store size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+import zarr
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from extract.errors import UserError
+from pipeline.store.feature_store import open_store as open_feature_store
+
+PENDING, DONE, FAILED, ABSENT = 0, 1, 2, 3
+TRAIN, TEST = 1, 2
+BLOCK_BYTES = 64 * 2**20  # target size of one streamed block across modalities
+
+# (features (B, L, D) float16, mask (B, L) bool, present (B,) bool) per modality, and labels.
+Batch = tuple[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]], torch.Tensor]
+BlockArrays = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+@dataclass
+class StoreInfo:
+    """What training needs to know about a store, read from its attrs and array shapes."""
+
+    path: Path
+    task: str
+    classes: list[str]
+    shapes: dict[str, tuple[int, int]]  # modality -> (L, D)
+    extraction: dict[str, Any]  # modality -> full extraction config (store attrs)
+    num_splits: int
+    num_rows: int
+    dataset: str = ""
+
+
+@dataclass
+class RowCounts:
+    """Why rows were left out of one part of a split."""
+
+    used: int = 0
+    pending: int = 0
+    failed: int = 0
+    all_absent: int = 0
+    unlabelled: int = 0
+
+
+@dataclass
+class SplitData:
+    """Train and test batch sources of one split, with what was excluded and why."""
+
+    info: StoreInfo
+    split: int
+    modalities: list[str]
+    train: InMemoryFeatures | StreamedFeatures
+    test: InMemoryFeatures | StreamedFeatures
+    counts: dict[str, RowCounts] = field(default_factory=dict)
+    streamed: bool = False
+
+
+def open_store(path: str | Path) -> tuple[zarr.Group, StoreInfo]:
+    """Open a store read-only (validated by pipeline.store, one clear line otherwise)."""
+    store = open_feature_store(path)
+    info = StoreInfo(
+        path=store.path,
+        task=store.task,
+        classes=store.classes,
+        shapes={name: (spec.positions, spec.dim) for name, spec in store.modalities.items()},
+        extraction={name: dict(spec.config) for name, spec in store.modalities.items()},
+        num_splits=int(store.splits.shape[1]),
+        num_rows=store.n,
+        dataset=store.dataset,
+    )
+    if not info.classes:
+        raise UserError(f"{path}: the store lists no classes")
+    return zarr.open_group(str(store.path), mode="r"), info
+
+
+def check_modalities(info: StoreInfo, modalities: list[str] | None) -> list[str]:
+    """The chosen modalities (all of the store's by default), each known to the store."""
+    if not modalities:
+        if not info.shapes:
+            raise UserError(f"{info.path}: the store has no modality with features")
+        return list(info.shapes)
+    for name in modalities:
+        if name not in info.shapes:
+            known = ", ".join(info.shapes) or "none"
+            raise UserError(f"unknown modality '{name}' in {info.path} (available: {known})")
+    return list(modalities)
+
+
+def check_split(info: StoreInfo, split: int) -> None:
+    """Splits are numbered 1..S."""
+    if not 1 <= split <= info.num_splits:
+        raise UserError(
+            f"split {split} does not exist in {info.path}: it has "
+            f"{info.num_splits} split(s), numbered 1 to {info.num_splits}"
+        )
+
+
+def read_labels(group: zarr.Group, info: StoreInfo) -> np.ndarray:
+    """(N,) int64 class ids (-1 unlabelled) or (N, C) float32 0/1 targets."""
+    if info.task == "single":
+        return np.asarray(group["videos/label"][:], dtype=np.int64)
+    return np.asarray(group["videos/labels"][:], dtype=np.float32)
+
+
+def select_rows(
+    group: zarr.Group,
+    info: StoreInfo,
+    modalities: list[str],
+    split: int,
+    part: int,
+    labels: np.ndarray,
+) -> tuple[np.ndarray, RowCounts]:
+    """Sorted row indices of one part (TRAIN or TEST) of a split, and what was left out."""
+    in_part = np.asarray(group["videos/split"][:, split - 1]) == part
+    statuses = np.stack([np.asarray(group[f"{m}/status"][:]) for m in modalities], axis=1)
+    pending = (statuses == PENDING).any(axis=1)
+    failed = (statuses == FAILED).any(axis=1) & ~pending
+    usable = ~pending & ~failed
+    all_absent = usable & (statuses == ABSENT).all(axis=1)
+    labelled = labels >= 0 if labels.ndim == 1 else np.ones(len(labels), dtype=bool)
+    keep = in_part & usable & ~all_absent & labelled
+    counts = RowCounts(
+        used=int(keep.sum()),
+        pending=int((in_part & pending).sum()),
+        failed=int((in_part & failed).sum()),
+        all_absent=int((in_part & all_absent).sum()),
+        unlabelled=int((in_part & usable & ~all_absent & ~labelled).sum()),
+    )
+    return np.flatnonzero(keep), counts
+
+
+def row_bytes(info: StoreInfo, modalities: list[str]) -> int:
+    """Bytes one row takes in memory: float16 features plus the mask."""
+    return sum(info.shapes[m][0] * (info.shapes[m][1] * 2 + 1) for m in modalities)
+
+
+def block_ranges(group: zarr.Group, modalities: list[str], num_rows: int, bytes_per_row: int):
+    """Chunk-aligned [start, stop) row ranges of about BLOCK_BYTES each."""
+    unit = math.lcm(*(group[f"{m}/features"].chunks[0] for m in modalities))
+    rows = max(unit, (BLOCK_BYTES // max(bytes_per_row, 1)) // unit * unit)
+    return [(start, min(start + rows, num_rows)) for start in range(0, num_rows, rows)]
+
+
+def read_block(
+    group: zarr.Group,
+    modalities: list[str],
+    start: int,
+    stop: int,
+    local_rows: np.ndarray,
+) -> BlockArrays:
+    """Rows `start + local_rows` of each modality: float16 features, mask, present."""
+    block = {}
+    for name in modalities:
+        features = np.asarray(group[f"{name}/features"][start:stop])[local_rows]
+        mask = np.asarray(group[f"{name}/mask"][start:stop])[local_rows]
+        present = np.asarray(group[f"{name}/status"][start:stop])[local_rows] == DONE
+        block[name] = (features.astype(np.float16, copy=False), mask.astype(bool), present)
+    return block
+
+
+class InMemoryFeatures:
+    """Selected rows held as float16 tensors; batches are index views, converted on device."""
+
+    def __init__(
+        self,
+        group: zarr.Group,
+        info: StoreInfo,
+        modalities: list[str],
+        rows: np.ndarray,
+        labels: np.ndarray,
+    ) -> None:
+        self.labels = torch.from_numpy(labels[rows])
+        self.rows = rows
+        self.data: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        for name in modalities:
+            length, dim = info.shapes[name]
+            self.data[name] = (
+                torch.empty((len(rows), length, dim), dtype=torch.float16),
+                torch.empty((len(rows), length), dtype=torch.bool),
+                torch.empty(len(rows), dtype=torch.bool),
+            )
+        # Read block by block so the transient memory is one block, not the whole store.
+        filled = 0
+        ranges = block_ranges(group, modalities, info.num_rows, row_bytes(info, modalities))
+        for start, stop in ranges:
+            local = rows[(rows >= start) & (rows < stop)] - start
+            if len(local) == 0:
+                continue
+            block = read_block(group, modalities, start, stop, local)
+            for name, arrays in block.items():
+                for target, source in zip(self.data[name], arrays, strict=True):
+                    target[filled : filled + len(local)] = torch.from_numpy(source)
+            filled += len(local)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterator[Batch]:
+        order = (
+            torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+            if shuffle
+            else torch.arange(len(self))
+        )
+        for start in range(0, len(self), batch_size):
+            index = order[start : start + batch_size]
+            inputs = {name: tuple(t[index] for t in arrays) for name, arrays in self.data.items()}
+            yield inputs, self.labels[index]
+
+
+class BlockStream(IterableDataset):
+    """Batches of one epoch, read block by block from Zarr inside a DataLoader worker."""
+
+    def __init__(
+        self,
+        path: Path,
+        modalities: list[str],
+        blocks: list[tuple[int, int, np.ndarray]],
+        labels: np.ndarray,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+    ) -> None:
+        self.path, self.modalities, self.blocks = path, modalities, blocks
+        self.labels, self.batch_size, self.shuffle, self.seed = labels, batch_size, shuffle, seed
+
+    def __iter__(self) -> Iterator[Batch]:
+        worker = get_worker_info()
+        worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        rng = np.random.default_rng(self.seed)
+        order = rng.permutation(len(self.blocks)) if self.shuffle else np.arange(len(self.blocks))
+        group = zarr.open_group(str(self.path), mode="r")
+        carry: tuple[BlockArrays, np.ndarray] | None = None
+        for position, block_index in enumerate(order):
+            if position % workers != worker_id:
+                continue
+            start, stop, local = self.blocks[block_index]
+            if self.shuffle:
+                local = local[rng.permutation(len(local))]
+            arrays, rows = read_block(group, self.modalities, start, stop, local), local + start
+            if carry is not None:
+                arrays = {
+                    name: tuple(
+                        np.concatenate([old, new])
+                        for old, new in zip(carry[0][name], arrays[name], strict=True)
+                    )
+                    for name in arrays
+                }
+                rows = np.concatenate([carry[1], rows])
+            full = len(rows) // self.batch_size * self.batch_size
+            for first in range(0, full, self.batch_size):
+                yield self.batch(arrays, rows, first, first + self.batch_size)
+            carry = None
+            if full < len(rows):  # a short remainder joins the next block
+                carry = ({n: tuple(a[full:] for a in t) for n, t in arrays.items()}, rows[full:])
+        if carry is not None:
+            yield self.batch(carry[0], carry[1], 0, len(carry[1]))
+
+    def batch(self, arrays: BlockArrays, rows: np.ndarray, first: int, last: int) -> Batch:
+        """Rows first..last of a block as tensors, with their labels."""
+        inputs = {
+            name: tuple(torch.from_numpy(np.ascontiguousarray(a[first:last])) for a in t)
+            for name, t in arrays.items()
+        }
+        return inputs, torch.from_numpy(self.labels[rows[first:last]])
+
+
+def quiet_worker(_: int) -> None:
+    """One torch thread per loader worker: the main process computes, the worker reads."""
+    torch.set_num_threads(1)
+
+
+class StreamedFeatures:
+    """Rows of one part streamed from the store; memory holds a few blocks at a time."""
+
+    def __init__(
+        self,
+        group: zarr.Group,
+        info: StoreInfo,
+        modalities: list[str],
+        rows: np.ndarray,
+        labels: np.ndarray,
+        num_workers: int = 1,
+    ) -> None:
+        self.path, self.modalities, self.labels = info.path, modalities, labels
+        self.rows, self.num_workers = rows, num_workers
+        self.blocks = []
+        for start, stop in block_ranges(
+            group, modalities, info.num_rows, row_bytes(info, modalities)
+        ):
+            local = rows[(rows >= start) & (rows < stop)] - start
+            if len(local):
+                self.blocks.append((start, stop, local))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterator[Batch]:
+        stream = BlockStream(
+            self.path, self.modalities, self.blocks, self.labels, batch_size, shuffle, seed
+        )
+        loader = DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=self.num_workers,
+            prefetch_factor=2 if self.num_workers else None,
+            worker_init_fn=quiet_worker,
+            persistent_workers=False,
+        )
+        yield from loader
+
+
+def memory_budget_bytes(budget_gb: float | None) -> int:
+    """The user's budget, or half of the memory available right now."""
+    if budget_gb is not None:
+        return int(budget_gb * 2**30)
+    return int(psutil.virtual_memory().available * 0.5)
+
+
+def load_part(
+    store: str | Path,
+    split: int,
+    modalities: list[str] | None,
+    part: int,
+    memory_budget_gb: float | None = None,
+    streaming: str = "auto",
+    num_workers: int = 1,
+) -> tuple[StoreInfo, InMemoryFeatures | StreamedFeatures, RowCounts]:
+    """One part (TRAIN or TEST) of a split alone, e.g. the test rows for evaluation."""
+    group, info = open_store(store)
+    modalities = check_modalities(info, modalities)
+    check_split(info, split)
+    labels = read_labels(group, info)
+    rows, counts = select_rows(group, info, modalities, split, part, labels)
+    if len(rows) == 0:
+        name = "training" if part == TRAIN else "test"
+        raise UserError(
+            f"split {split} of {info.path} has no usable {name} rows with modalities "
+            f"{', '.join(modalities)} ({describe_exclusions(counts)})"
+        )
+    streamed = use_streaming(streaming, len(rows) * row_bytes(info, modalities), memory_budget_gb)
+    if streamed:
+        source = StreamedFeatures(group, info, modalities, rows, labels, num_workers)
+    else:
+        source = InMemoryFeatures(group, info, modalities, rows, labels)
+    return info, source, counts
+
+
+def use_streaming(streaming: str, needed_bytes: int, memory_budget_gb: float | None) -> bool:
+    """'on', 'off', or 'auto': stream when the rows do not fit the memory budget."""
+    if streaming not in ("auto", "on", "off"):
+        raise UserError(f"streaming must be auto, on or off (got {streaming!r})")
+    if streaming == "auto":
+        return needed_bytes > memory_budget_bytes(memory_budget_gb)
+    return streaming == "on"
+
+
+def load_split(
+    store: str | Path,
+    split: int = 1,
+    modalities: list[str] | None = None,
+    memory_budget_gb: float | None = None,
+    streaming: str = "auto",
+    num_workers: int = 1,
+) -> SplitData:
+    """Train and test batch sources of a 1-based split.
+
+    streaming: 'auto' (in memory when train+test rows fit the budget), 'on' or 'off'.
+    """
+    group, info = open_store(store)
+    modalities = check_modalities(info, modalities)
+    check_split(info, split)
+    labels = read_labels(group, info)
+    train_rows, train_counts = select_rows(group, info, modalities, split, TRAIN, labels)
+    test_rows, test_counts = select_rows(group, info, modalities, split, TEST, labels)
+    for rows, counts, name in (
+        (train_rows, train_counts, "training"),
+        (test_rows, test_counts, "test"),
+    ):
+        if len(rows) == 0:
+            raise UserError(
+                f"split {split} of {info.path} has no usable {name} rows with modalities "
+                f"{', '.join(modalities)} ({describe_exclusions(counts)})"
+            )
+    needed = (len(train_rows) + len(test_rows)) * row_bytes(info, modalities)
+    streamed = use_streaming(streaming, needed, memory_budget_gb)
+    if streamed:
+        train = StreamedFeatures(group, info, modalities, train_rows, labels, num_workers)
+        test = StreamedFeatures(group, info, modalities, test_rows, labels, num_workers)
+    else:
+        train = InMemoryFeatures(group, info, modalities, train_rows, labels)
+        test = InMemoryFeatures(group, info, modalities, test_rows, labels)
+    return SplitData(
+        info=info,
+        split=split,
+        modalities=modalities,
+        train=train,
+        test=test,
+        counts={"train": train_counts, "test": test_counts},
+        streamed=streamed,
+    )
+
+
+def describe_exclusions(counts: RowCounts) -> str:
+    """'3 pending, 1 failed, ...' for an error or a log line."""
+    return (
+        f"{counts.pending} pending, {counts.failed} failed, "
+        f"{counts.all_absent} absent in every modality, {counts.unlabelled} unlabelled"
+    )
