@@ -72,7 +72,7 @@ def data_get(name: str, out: Path | None) -> None:
         ctx = click.get_current_context()
         ctx.invoke(data_generate, name=name, out=out, seed=0, videos=None)
         return
-    from pipeline.datasets.download import fetch_dataset
+    from pipeline.datasets.download.sources import fetch_dataset
 
     click.echo(f"{name} is in {fetch_dataset(name, out)}")
 
@@ -129,7 +129,7 @@ def features(dataset: str, root: Path | None, config: str | None, kind: str | No
     from pipeline.features.dask_runner import format_run_summary
     from pipeline.features.run import run_features
     from pipeline.profiles import default_profile_for, load_profile
-    from pipeline.store.feature_store import format_summary
+    from pipeline.store.summary import format_summary
 
     root, out = _dataset_paths(dataset, root, out)
     profile = load_profile(config or default_profile_for(dataset))
@@ -168,7 +168,8 @@ def store_info(path: Path, as_json: bool) -> None:
     import json
     import time
 
-    from pipeline.store.feature_store import format_summary, open_store
+    from pipeline.store.feature_store import open_store
+    from pipeline.store.summary import format_summary
 
     for attempt in range(3):
         try:
@@ -210,8 +211,8 @@ def train(dataset: str, store_path: Path | None, out: Path | None, split: str,
     import json
 
     from pipeline.profiles import default_profile_for, load_profile
+    from pipeline.train.config import TrainConfig
     from pipeline.train.data import open_store
-    from pipeline.train.loop import TrainConfig
     from pipeline.train.loop import train as run_training
     from pipeline.train.runs import new_run_dir
 

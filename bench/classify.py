@@ -40,7 +40,8 @@ from pipeline.datasets.generated.toy import generate_toy  # noqa: E402
 from pipeline.features.run import run_features  # noqa: E402
 from pipeline.inference.classify import Classifier, classify_one, load_classifier  # noqa: E402
 from pipeline.profiles import load_profile  # noqa: E402
-from pipeline.train.loop import TrainConfig, train  # noqa: E402
+from pipeline.train.config import TrainConfig  # noqa: E402
+from pipeline.train.loop import train  # noqa: E402
 
 SIZE, SECONDS, FPS, SAMPLE_RATE = (320, 240), 10.0, 25.0, 16000
 # (function name in pipeline/extraction.py, stage); extract_batched is split by modality.

@@ -35,7 +35,9 @@ from pipeline.datasets.manifest import load_manifest  # noqa: E402
 from pipeline.features.extractor import VideoFeatureExtractor  # noqa: E402
 from pipeline.features.run import run_features  # noqa: E402
 from pipeline.profiles import load_profile  # noqa: E402
-from pipeline.store.feature_store import ModalitySpec, create_store  # noqa: E402
+from pipeline.store.create import create_store  # noqa: E402
+from pipeline.store.format import ModalitySpec  # noqa: E402
+from pipeline.store.summary import summarize  # noqa: E402
 
 
 def worker_peak_rss_gb() -> float:
@@ -55,7 +57,7 @@ def timed_run(root: Path, profile: dict, out: Path, workers: int, limit: int) ->
                               progress=False)
         seconds = time.perf_counter() - started
         peaks = sorted(client.run(worker_peak_rss_gb).values())
-    counts = {m: info["counts"] for m, info in result.store.summary()["modalities"].items()}
+    counts = {m: info["counts"] for m, info in summarize(result.store)["modalities"].items()}
     return {"seconds": round(seconds, 2), "videos": result.run.completed,
             "videos_per_s": round(result.run.completed / seconds, 3),
             "peak_rss_gb_per_worker": [round(p, 3) for p in peaks], "counts": counts}

@@ -34,8 +34,9 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipeline.train.config import TrainConfig  # noqa: E402
 from pipeline.train.data import load_split  # noqa: E402
-from pipeline.train.loop import TrainConfig, build_model, train_epoch  # noqa: E402
+from pipeline.train.loop import build_model, train_epoch  # noqa: E402
 
 MODALITIES = {"rgb": (32, 1280), "flow": (32, 1280), "audio": (32, 128)}
 CLASSES = 101

@@ -20,9 +20,9 @@ from pipeline.datasets.generated.toy import generate_toy
 from pipeline.features.run import run_features
 from pipeline.profiles import load_profile
 from pipeline.store.feature_store import open_store
-from pipeline.train.checkpoint import load_checkpoint
-from pipeline.train.evaluate import load_model
-from pipeline.train.loop import TrainConfig, train
+from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint
+from pipeline.train.config import TrainConfig
+from pipeline.train.loop import train
 from tests.profiles import TINY_PROFILE
 from tests.synth_video import make_clip
 
@@ -111,7 +111,7 @@ def test_probabilities_match_the_model_on_the_store_row(trained) -> None:
         inputs[name] = (torch.from_numpy(features.astype(np.float32)), torch.from_numpy(mask),
                         torch.from_numpy(status == 1))
     with torch.inference_mode():
-        logits, _ = load_model(content, torch.device("cpu"))(inputs)
+        logits, _ = model_from_checkpoint(content, torch.device("cpu"))(inputs)
     expected = probabilities(logits, "single")[0].numpy()
     got = {entry["label"]: entry["prob"] for entry in result["top"]}
     assert len(got) == 12

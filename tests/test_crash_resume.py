@@ -23,7 +23,8 @@ import zarr
 
 from pipeline.features.run import run_features
 from pipeline.profiles import load_profile
-from pipeline.store.feature_store import Status, partial_path
+from pipeline.store.create import partial_path
+from pipeline.store.format import Status
 from tests.hostile import clip_dataset
 from tests.processes import kill_group_when
 from tests.profiles import CHEAP_PROFILE

@@ -24,7 +24,7 @@ import zarr
 
 from pipeline.features.run import run_features
 from pipeline.profiles import load_profile
-from pipeline.store.feature_store import Status
+from pipeline.store.format import Status
 from tests.hostile import clip_dataset
 from tests.profiles import CHEAP_PROFILE
 

@@ -19,7 +19,8 @@ from pipeline.features.dask_runner import (
     run_tasks,
     worker_cached,
 )
-from pipeline.store.feature_store import ModalitySpec, Status, StoreError, create_store
+from pipeline.store.create import create_store
+from pipeline.store.format import ModalitySpec, Status, StoreError
 
 # One cluster for the module; a task may kill a worker at most twice before it fails.
 RETRIES = 1

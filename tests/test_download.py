@@ -21,15 +21,10 @@ from pathlib import Path
 import pytest
 
 from extract.errors import UserError
-from pipeline.datasets.download import (
-    DATASETS_OFFLINE,
-    clip_filename,
-    download_file,
-    fetch_dataset,
-    fetch_kinetics_clips,
-    rar_tools,
-    unpack_archive,
-)
+from pipeline.datasets.download.archives import rar_tools, unpack_archive
+from pipeline.datasets.download.http_download import download_file
+from pipeline.datasets.download.kinetics_clips import clip_filename, fetch_kinetics_clips
+from pipeline.datasets.download.sources import DATASETS_OFFLINE, fetch_dataset
 
 # --- a tiny file server that honours (or ignores) Range, and can cut a transfer short -------
 
@@ -151,21 +146,45 @@ def _tree(root: Path) -> dict[str, bytes]:
 # --- UCF101 and HMDB51 layouts -------------------------------------------------------------
 
 UCF_CLASSES = {"ApplyEyeMakeup": 1, "HandstandPushups": 2}
+UCF_GROUPS = (1, 8, 9)
+UCF_TEST_GROUP = {1: 1, 2: 8, 3: 9}  # split k tests one group, as the official lists do
 
 
-def _ucf_fixture(served: FileServer, videos_archive: str) -> tuple[dict[str, str], dict]:
-    videos = {
+def _ucf_videos() -> dict[str, bytes]:
+    return {
         f"{cls}/v_{cls}_g{g:02d}_c01.avi": _video_bytes(f"{cls}{g}")
         for cls in UCF_CLASSES
-        for g in (1, 8, 9)
+        for g in UCF_GROUPS
     }
-    lists = {
-        "classInd.txt": "".join(f"{i} {c}\n" for c, i in UCF_CLASSES.items()).encode(),
-        "trainlist01.txt": "".join(
-            f"{v} {UCF_CLASSES[v.split('/')[0]]}\n" for v in videos if "_g01_" not in v
-        ).encode(),
-        "testlist01.txt": "".join(f"{v}\n" for v in videos if "_g01_" in v).encode(),
-    }
+
+
+def _ucf_split_lists(
+    videos: dict[str, bytes], spell: dict[str, str] | None = None
+) -> dict[str, bytes]:
+    """The official `ucfTrainTestlist/` contents: classInd.txt and train/testlist0{1,2,3}.txt
+    (train lines carry the 1-based class number). `spell` renames class folders in the lists,
+    as the real lists spell a few classes differently from the folders."""
+    spell = spell or {}
+
+    def listed(video: str) -> str:
+        cls, _, name = video.partition("/")
+        return f"{spell.get(cls, cls)}/{name}"
+
+    lists = {"classInd.txt": "".join(f"{i} {c}\n" for c, i in UCF_CLASSES.items()).encode()}
+    for k, group in UCF_TEST_GROUP.items():
+        tested = [v for v in videos if f"_g{group:02d}_" in v]
+        lists[f"trainlist0{k}.txt"] = "".join(
+            f"{listed(v)} {UCF_CLASSES[v.split('/')[0]]}\n" for v in videos if v not in tested
+        ).encode()
+        lists[f"testlist0{k}.txt"] = "".join(f"{listed(v)}\n" for v in tested).encode()
+    return lists
+
+
+def _ucf_fixture(
+    served: FileServer, videos_archive: str, spell: dict[str, str] | None = None
+) -> tuple[dict[str, str], dict]:
+    videos = _ucf_videos()
+    lists = _ucf_split_lists(videos, spell)
     splits = "UCF101TrainTestSplits-RecognitionTask.zip"
     _zip(served.root / splits, {f"ucfTrainTestlist/{k}": v for k, v in lists.items()})
     packed = {f"UCF-101/{k}": v for k, v in videos.items()}
@@ -250,6 +269,20 @@ def test_hmdb51_nested_class_archives_become_class_folders(
         **{f"cartwheel/{k}": v for k, v in cartwheel.items()},
         **split_files,
     }
+
+
+def test_lists_spelling_a_class_in_another_case_still_find_its_videos(
+    served: FileServer, tmp_path: Path
+) -> None:
+    sources, expected = _ucf_fixture(
+        served, "UCF101.tar.gz", spell={"HandstandPushups": "HandStandPushups"}
+    )
+    out = tmp_path / "ucf101"
+
+    fetch_dataset("ucf101", out, sources=sources, progress=False)
+
+    assert _tree(out) == expected
+    assert (out / ".download" / "videos.done").is_file()
 
 
 def test_archive_missing_listed_videos_is_reported(served: FileServer, tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ from extract.video.frames import DecodeLimits, read_gray_stacks, read_rgb
 from pipeline.features.extractor import VideoFeatureExtractor
 from pipeline.features.run import run_features
 from pipeline.profiles import load_profile
-from pipeline.store.feature_store import Status, open_store
+from pipeline.store.feature_store import open_store
+from pipeline.store.format import Status
 from tests.hostile import (
     ALL,
     HOSTILE,

@@ -12,15 +12,8 @@ import pytest
 
 from extract.errors import UserError
 from pipeline.datasets.base import safe_relative
-from pipeline.datasets.manifest import (
-    TEST,
-    TRAIN,
-    UNUSED,
-    format_summary,
-    is_valid,
-    load_manifest,
-    validate_command,
-)
+from pipeline.datasets.manifest import format_summary, is_valid, load_manifest, validate_command
+from pipeline.store.format import Split
 
 UCF_CLASSES = ["ApplyEyeMakeup", "Archery", "Basketball"]
 UCF_GROUPS = (1, 2, 3, 4)
@@ -80,7 +73,8 @@ def test_ucf101_official_layout_gives_labels_and_split_membership(tmp_path: Path
             entry = by_id[ucf_video(name, group)]
             assert entry.label == label
             # group 4 is never test, so it is train in all three splits
-            assert entry.splits == tuple(TEST if group == k else TRAIN for k in (1, 2, 3))
+            expected = tuple(Split.TEST if group == k else Split.TRAIN for k in (1, 2, 3))
+            assert entry.splits == expected
     assert manifest.count_by_split()["split2"] == {"train": 9, "test": 3, "unused": 0}
     assert manifest.problems.count() == 0
     assert is_valid(manifest)
@@ -209,8 +203,8 @@ def test_hmdb51_split_codes_train_test_unused(tmp_path: Path) -> None:
     assert manifest.classes == ["brush_hair", "cartwheel"]
     by_id = {entry.id: entry for entry in manifest.videos}
     assert set(by_id) == {f"{c}/{n}" for c, videos in HMDB.items() for n in videos}
-    assert by_id["cartwheel/a.avi"].splits == (TRAIN, TEST, UNUSED)
-    assert by_id["cartwheel/c.avi"].splits == (UNUSED, TRAIN, TEST)
+    assert by_id["cartwheel/a.avi"].splits == (Split.TRAIN, Split.TEST, Split.UNUSED)
+    assert by_id["cartwheel/c.avi"].splits == (Split.UNUSED, Split.TRAIN, Split.TEST)
     assert by_id["brush_hair/e.avi"].label == 0 and by_id["cartwheel/b.avi"].label == 1
     assert manifest.count_by_split()["split1"] == {"train": 2, "test": 2, "unused": 1}
     assert is_valid(manifest)
@@ -277,10 +271,10 @@ def test_kinetics_layouts_and_missing_clips_are_not_fatal(tmp_path: Path, layout
     by_id = {entry.id: entry for entry in manifest.videos}
     assert set(by_id) == set(expected.values())
     assert by_id[expected["aaaaaaaaaaa"]].label == 1
-    assert by_id[expected["aaaaaaaaaaa"]].splits == (TRAIN,)
-    assert by_id[expected["ccccccccccc"]].splits == (TEST,)
+    assert by_id[expected["aaaaaaaaaaa"]].splits == (Split.TRAIN,)
+    assert by_id[expected["ccccccccccc"]].splits == (Split.TEST,)
     unlabelled = by_id[expected["ddddddddddd"]]
-    assert (unlabelled.label, unlabelled.splits) == (-1, (UNUSED,))
+    assert (unlabelled.label, unlabelled.splits) == (-1, (Split.UNUSED,))
     assert [p.where for p in manifest.problems.missing] == ["train.csv:4"]
     assert "gone_______" + "_000003_000013" in manifest.problems.missing[0].message
     assert manifest.count_by_split() == {"train/val": {"train": 2, "test": 1, "unused": 1}}
@@ -350,7 +344,7 @@ def test_folder_classes_and_deterministic_holdout(tmp_path: Path) -> None:
     assert len(splits_a) == 30 and all(video_id.endswith(".mp4") for video_id in splits_a)
     for label in range(3):
         codes = [e.splits[0] for e in first.videos if e.label == label]
-        assert codes.count(TEST) == 2 and codes.count(TRAIN) == 8
+        assert codes.count(Split.TEST) == 2 and codes.count(Split.TRAIN) == 8
     assert is_valid(first)
 
 

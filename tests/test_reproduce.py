@@ -12,7 +12,8 @@ import zarr
 
 from extract.errors import UserError
 from pipeline.datasets.generated.flash_mnist import CLASSES, NOISE
-from pipeline.store.feature_store import Status, open_store
+from pipeline.store.feature_store import open_store
+from pipeline.store.format import Status
 from pipeline.study.flash_features import class_names, frame_features
 from pipeline.study.lenet import LeNet, load_lenet
 from pipeline.study.reproduce import (

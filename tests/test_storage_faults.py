@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.store.feature_store import Status, open_store
+from pipeline.store.feature_store import open_store
+from pipeline.store.format import Status
 from tests.hostile import clip_dataset
 from tests.profiles import CHEAP_PROFILE
 

@@ -12,15 +12,10 @@ import pytest
 import zarr
 
 from extract.errors import UserError
-from pipeline.store.feature_store import (
-    FORMAT_NAME,
-    ModalitySpec,
-    Status,
-    StoreError,
-    create_store,
-    format_summary,
-    open_store,
-)
+from pipeline.store.create import create_store
+from pipeline.store.feature_store import open_store
+from pipeline.store.format import FORMAT_NAME, ModalitySpec, Status, StoreError
+from pipeline.store.summary import format_summary, summarize
 
 CLASSES = ["jump", "run", "swim"]
 SPLITS = ["split1", "split2"]
@@ -140,14 +135,14 @@ def test_status_is_written_last(tmp_path, monkeypatch):
     import pipeline.store.feature_store as store_module
 
     store = make_store(tmp_path / "s.zarr", n=10)
-    real_write = store_module._write_rows
+    real_write = store_module.write_sorted_rows
 
     def crash_at_status(array, rows, values, shard_rows):
         if array.path.endswith("status"):
             raise RuntimeError("power cut")
         real_write(array, rows, values, shard_rows)
 
-    monkeypatch.setattr(store_module, "_write_rows", crash_at_status)
+    monkeypatch.setattr(store_module, "write_sorted_rows", crash_at_status)
     with pytest.raises(RuntimeError):
         write_all(store, [2, 3])
     monkeypatch.undo()
@@ -298,7 +293,7 @@ def test_summary_counts_and_text(tmp_path):
     store = make_store(tmp_path / "s.zarr", n=8)
     write_all(store, range(4))
     store.write_rows([5], [{"status": "failed", "error": "DecodeError: v00005.mp4 truncated"}])
-    summary = open_store(tmp_path / "s.zarr").summary()
+    summary = summarize(open_store(tmp_path / "s.zarr"))
     json.dumps(summary)  # `store info --json` must be able to print it
     assert summary["videos"] == 8
     assert summary["modalities"]["audio"]["counts"] == {

@@ -129,7 +129,8 @@ def test_layout_is_ucf101s(toy) -> None:
 
 @pytest.mark.skipif(not HAS_MANIFESTS, reason="pipeline/manifests.py not written yet")
 def test_ucf101_manifest_reads_the_toy_set(toy) -> None:
-    from pipeline.datasets.manifest import TEST, TRAIN, is_valid, load_manifest
+    from pipeline.datasets.manifest import is_valid, load_manifest
+    from pipeline.store.format import Split
 
     root, record = toy
     manifest = load_manifest("ucf101", root)
@@ -141,7 +142,8 @@ def test_ucf101_manifest_reads_the_toy_set(toy) -> None:
         entry = by_id[clip["path"]]
         assert entry.label == clip["label"] - 1
         tested = [s for s, members in record["test_groups"].items() if clip["group"] in members]
-        assert entry.splits == tuple(TEST if str(s) in tested else TRAIN for s in (1, 2, 3))
+        expected = tuple(Split.TEST if str(s) in tested else Split.TRAIN for s in (1, 2, 3))
+        assert entry.splits == expected
 
 
 def test_each_class_decodes_with_its_size_duration_and_audio(toy) -> None:

@@ -15,10 +15,12 @@ from fake_store import ABSENT, FAILED, PENDING, make_store
 
 import pipeline.train.data as train_data
 from extract.errors import UserError
+from pipeline.store.format import Split
 from pipeline.train.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
-from pipeline.train.data import TEST, TRAIN, load_part, load_split
+from pipeline.train.config import TrainConfig
+from pipeline.train.data import load_part, load_split
 from pipeline.train.evaluate import evaluate, evaluate_splits
-from pipeline.train.loop import TrainConfig, train
+from pipeline.train.loop import train
 
 SMALL = {"rgb": 3, "audio": 2}
 
@@ -61,7 +63,7 @@ def test_rows_selected_and_exclusions_counted(store: Path) -> None:
     # row 4 failed and row 5 pending in audio, row 7 unlabelled -> excluded.
     used = set(data.train.rows) | set(data.test.rows)
     assert {2, 3, 6} <= used and not {4, 5, 7} & used
-    assert set(data.train.rows) == set(np.flatnonzero(column == TRAIN)) - {4, 5, 7}
+    assert set(data.train.rows) == set(np.flatnonzero(column == Split.TRAIN)) - {4, 5, 7}
     counts = data.counts
     assert counts["train"].failed + counts["test"].failed == 1
     assert counts["train"].pending + counts["test"].pending == 1
@@ -233,8 +235,8 @@ def test_incompatible_checkpoint(trained, tmp_path: Path) -> None:
 
 
 def test_test_part_alone(store: Path) -> None:
-    info, source, counts = load_part(store, 1, None, TEST)
-    assert set(source.rows) == set(np.flatnonzero(split_column(store, 1) == TEST)) - {4, 5, 7}
+    info, source, counts = load_part(store, 1, None, Split.TEST)
+    assert set(source.rows) == set(np.flatnonzero(split_column(store, 1) == Split.TEST)) - {4, 5, 7}
     assert counts.used == len(source) and info.num_splits == 3
 
 

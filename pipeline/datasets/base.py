@@ -14,10 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from extract.errors import UserError
-
-# Split membership codes, as stored in the feature store's videos/split column.
-UNUSED, TRAIN, TEST = 0, 1, 2
-SPLIT_CODE_NAMES = {UNUSED: "unused", TRAIN: "train", TEST: "test"}
+from pipeline.store.format import Split
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv"}
@@ -93,10 +90,10 @@ class Manifest:
 
     def count_by_split(self) -> dict[str, dict[str, int]]:
         """Per split name: how many videos are train, test and unused."""
-        counts = {name: dict.fromkeys(SPLIT_CODE_NAMES.values(), 0) for name in self.split_names}
+        counts = {name: dict.fromkeys((s.label for s in Split), 0) for name in self.split_names}
         for entry in self.videos:
             for name, code in zip(self.split_names, entry.splits, strict=True):
-                counts[name][SPLIT_CODE_NAMES[code]] += 1
+                counts[name][Split(code).label] += 1
         return counts
 
     def existing(self) -> list[VideoEntry]:
@@ -282,8 +279,8 @@ class ListCollector:
             self.report.conflicts.append(
                 Problem(
                     source,
-                    f"{video_id} is {SPLIT_CODE_NAMES[code]} here but "
-                    f"{SPLIT_CODE_NAMES[previous[0]]} at {previous[1]}",
+                    f"{video_id} is {Split(code).label} here but "
+                    f"{Split(previous[0]).label} at {previous[1]}",
                 )
             )
 
@@ -303,6 +300,6 @@ class ListCollector:
                 self.report.missing.append(
                     Problem(video_id, f"listed in {pending.first_source} but not found")
                 )
-            splits = tuple(UNUSED if role is None else role[0] for role in pending.roles)
+            splits = tuple(Split.UNUSED if role is None else role[0] for role in pending.roles)
             entries.append(VideoEntry(id=video_id, label=pending.label, splits=splits))
         return entries

@@ -14,8 +14,6 @@ from pathlib import Path
 
 from extract.errors import UserError
 from pipeline.datasets.base import (
-    TEST,
-    TRAIN,
     DiskIndex,
     Manifest,
     Problem,
@@ -23,6 +21,7 @@ from pipeline.datasets.base import (
     VideoEntry,
     require_root,
 )
+from pipeline.store.format import Split
 
 DEFAULT_TEST_FRACTION = 0.2
 
@@ -55,7 +54,8 @@ def load_folder(
                 ids.append(video_id)
         test_ids = set(sorted(ids, key=_stable_hash)[: _test_count(len(ids), test_fraction)])
         videos.extend(
-            VideoEntry(id=video_id, label=label, splits=(TEST if video_id in test_ids else TRAIN,))
+            VideoEntry(id=video_id, label=label,
+                       splits=(Split.TEST if video_id in test_ids else Split.TRAIN,))
             for video_id in ids
         )
     return Manifest(

@@ -18,9 +18,6 @@ from pathlib import Path
 
 from extract.errors import UserError
 from pipeline.datasets.base import (
-    TEST,
-    TRAIN,
-    UNUSED,
     DiskIndex,
     Manifest,
     Problem,
@@ -28,6 +25,7 @@ from pipeline.datasets.base import (
     VideoEntry,
     require_root,
 )
+from pipeline.store.format import Split
 
 DEFAULT_SPLITS_DIR = "annotations"
 REQUIRED_COLUMNS = ("youtube_id", "time_start", "time_end")
@@ -37,7 +35,7 @@ SPLIT_ALIASES = {
     "val": ("val", "validate", "validation", "valid"),
     "test": ("test", "testing"),
 }
-SPLIT_CODES = {"train": TRAIN, "val": TEST, "test": UNUSED}
+SPLIT_CODES = {"train": Split.TRAIN, "val": Split.TEST, "test": Split.UNUSED}
 _CANONICAL = {alias: name for name, aliases in SPLIT_ALIASES.items() for alias in aliases}
 _YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 

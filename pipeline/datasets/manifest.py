@@ -12,16 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from extract.errors import UserError
-from pipeline.datasets.base import (
-    TEST,
-    TRAIN,
-    UNUSED,
-    VIDEO_EXTENSIONS,
-    Manifest,
-    Problem,
-    ValidationReport,
-    VideoEntry,
-)
+from pipeline.datasets.base import VIDEO_EXTENSIONS, Manifest, Problem, ValidationReport, VideoEntry
 from pipeline.datasets.folder import load_folder
 from pipeline.datasets.hmdb51 import load_hmdb51
 from pipeline.datasets.kinetics import load_kinetics400
@@ -29,9 +20,6 @@ from pipeline.datasets.ucf101 import load_ucf101
 
 __all__ = [
     "ADAPTERS",
-    "TEST",
-    "TRAIN",
-    "UNUSED",
     "VIDEO_EXTENSIONS",
     "Manifest",
     "Problem",

@@ -7,8 +7,6 @@ from pathlib import Path
 
 from extract.errors import UserError
 from pipeline.datasets.base import (
-    TEST,
-    TRAIN,
     DiskIndex,
     ListCollector,
     Manifest,
@@ -18,6 +16,7 @@ from pipeline.datasets.base import (
     require_root,
     safe_relative,
 )
+from pipeline.store.format import Split
 
 SPLIT_NUMBERS = (1, 2, 3)
 DEFAULT_SPLITS_DIR = "ucfTrainTestlist"
@@ -45,7 +44,7 @@ def load_ucf101(root: Path, splits_dir: Path | None = None) -> Manifest:
     classes, label_of_number = _read_class_index(split_dir / "classInd.txt", report)
     collector = ListCollector(len(SPLIT_NUMBERS), report)
     for split, k in enumerate(SPLIT_NUMBERS):
-        for name, code in ((f"trainlist0{k}.txt", TRAIN), (f"testlist0{k}.txt", TEST)):
+        for name, code in ((f"trainlist0{k}.txt", Split.TRAIN), (f"testlist0{k}.txt", Split.TEST)):
             _read_list(split_dir / name, split, code, classes, label_of_number, collector)
     return Manifest(
         dataset="ucf101",

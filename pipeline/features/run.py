@@ -18,7 +18,9 @@ from extract.errors import UserError
 from pipeline.datasets.manifest import Manifest, load_manifest
 from pipeline.features.dask_runner import RunSummary, config_key, run_tasks, worker_cached
 from pipeline.features.extractor import VideoFeatureExtractor, pick_evenly
-from pipeline.store.feature_store import FeatureStore, ModalitySpec, create_store
+from pipeline.store.create import create_store
+from pipeline.store.feature_store import FeatureStore
+from pipeline.store.format import ModalitySpec
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,7 @@ from extract.errors import UserError
 from model.network import AttentionClusterNet, probabilities
 from pipeline.features.extractor import DONE, VideoFeatureExtractor
 from pipeline.profiles import MODALITY_DEFAULTS
-from pipeline.train.checkpoint import load_checkpoint
-from pipeline.train.evaluate import load_model
+from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.train.runs import newest_checkpoint
 
 # Keys of a recorded modality config that are not constructor settings of the extractor.
@@ -119,7 +118,7 @@ def load_classifier(checkpoint: str | Path, device: str = "auto") -> Classifier:
     checkpoint = Path(checkpoint)
     content = load_checkpoint(checkpoint)
     torch_device = resolve_device(device)
-    model = load_model(content, torch_device)
+    model = model_from_checkpoint(content, torch_device)
     extractor = extractor_from_checkpoint(content, torch_device)
     lengths = {}
     for name, (width, _units) in content["model_config"]["modalities"].items():

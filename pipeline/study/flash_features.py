@@ -21,13 +21,9 @@ import zarr
 from tqdm import tqdm
 
 from pipeline.datasets.generated.flash_mnist import CLASSES, DIGITS, FRAMES
-from pipeline.store.feature_store import (
-    SPLIT_TEST,
-    SPLIT_TRAIN,
-    FeatureStore,
-    ModalitySpec,
-    create_store,
-)
+from pipeline.store.create import create_store
+from pipeline.store.feature_store import FeatureStore
+from pipeline.store.format import ModalitySpec, Split
 from pipeline.study.lenet import FEATURE_DIM, LeNet
 
 MODALITY = "digits"
@@ -81,7 +77,7 @@ def write_flash_features(
     n_train, n_test = split_sizes(dataset)
     labels = np.concatenate([dataset["train/label"][:], dataset["test/label"][:]])
     splits = np.concatenate(
-        [np.full(n_train, SPLIT_TRAIN), np.full(n_test, SPLIT_TEST)]
+        [np.full(n_train, Split.TRAIN), np.full(n_test, Split.TEST)]
     ).astype(np.uint8)[:, None]
     ids = [f"train/{i:06d}" for i in range(n_train)] + [f"test/{i:06d}" for i in range(n_test)]
     store = create_store(

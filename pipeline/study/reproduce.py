@@ -36,13 +36,15 @@ from matplotlib.figure import Figure
 from extract.device import resolve_device
 from extract.errors import UserError
 from model.network import AttentionClusterNet
+from pipeline.atomic import write_json_atomic
 from pipeline.datasets.generated.digits import SOURCES, load_digit_pools
 from pipeline.datasets.generated.flash_mnist import NOISE, STORE_NAME, generate_flash_mnist
 from pipeline.study.flash_features import MODALITY, write_flash_features
 from pipeline.study.lenet import LeNetConfig, load_lenet, pretrain_lenet, save_lenet, state_sha256
 from pipeline.train.checkpoint import load_checkpoint
+from pipeline.train.config import TrainConfig
 from pipeline.train.evaluate import to_device
-from pipeline.train.loop import TrainConfig, train, write_json_atomic
+from pipeline.train.loop import train
 
 SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 UNITS = ("linear", "mlp")

@@ -7,10 +7,8 @@ file (a pickled object, a truncated archive, a newer format) is refused with a U
 
 from __future__ import annotations
 
-import os
 import platform
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,8 @@ import numpy as np
 import torch
 
 from extract.errors import UserError
+from model.network import AttentionClusterNet
+from pipeline.atomic import write_atomic
 
 CHECKPOINT_FORMAT = "attention-clusters-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -59,8 +59,6 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     A temp file in the same directory then os.replace: a reader never sees half a file, and
     a crash mid-write leaves the previous checkpoint intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     content = to_plain(
         {
             "format": CHECKPOINT_FORMAT,
@@ -70,17 +68,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
             "state_dict": {k: v.detach().cpu() for k, v in payload["state_dict"].items()},
         }
     )
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(content, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda stream: torch.save(content, stream))
 
 
 def short_reason(exc: Exception) -> str:
@@ -114,3 +102,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise UserError(f"{path} is an incomplete checkpoint (missing {', '.join(missing)})")
     return content
+
+
+def model_from_checkpoint(content: dict[str, Any], device: torch.device | str = "cpu"
+                          ) -> AttentionClusterNet:
+    """The network a loaded checkpoint describes, with its weights, on `device`, in eval mode.
+
+    The one place a checkpoint becomes a model: evaluation, classify and the study use it.
+    """
+    model = AttentionClusterNet.from_config(content["model_config"])
+    model.load_state_dict(content["state_dict"])
+    return model.to(device).eval()

@@ -19,38 +19,21 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import psutil
 import torch
-import zarr
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from extract.errors import UserError
-from pipeline.store.feature_store import open_store as open_feature_store
+from pipeline.store.feature_store import FeatureStore, open_store
+from pipeline.store.format import Split, Status
 
-PENDING, DONE, FAILED, ABSENT = 0, 1, 2, 3
-TRAIN, TEST = 1, 2
 BLOCK_BYTES = 64 * 2**20  # target size of one streamed block across modalities
 
 # (features (B, L, D) float16, mask (B, L) bool, present (B,) bool) per modality, and labels.
 Batch = tuple[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]], torch.Tensor]
 BlockArrays = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
-
-
-@dataclass
-class StoreInfo:
-    """What training needs to know about a store, read from its attrs and array shapes."""
-
-    path: Path
-    task: str
-    classes: list[str]
-    shapes: dict[str, tuple[int, int]]  # modality -> (L, D)
-    extraction: dict[str, Any]  # modality -> full extraction config (store attrs)
-    num_splits: int
-    num_rows: int
-    dataset: str = ""
 
 
 @dataclass
@@ -66,79 +49,74 @@ class RowCounts:
 
 @dataclass
 class SplitData:
-    """Train and test batch sources of one split, with what was excluded and why."""
+    """Batch sources of the parts of one split, with what was excluded and why."""
 
-    info: StoreInfo
+    store: FeatureStore
     split: int
     modalities: list[str]
-    train: InMemoryFeatures | StreamedFeatures
-    test: InMemoryFeatures | StreamedFeatures
+    parts: dict[Split, InMemoryFeatures | StreamedFeatures]
     counts: dict[str, RowCounts] = field(default_factory=dict)
     streamed: bool = False
 
+    @property
+    def train(self) -> InMemoryFeatures | StreamedFeatures:
+        return self.parts[Split.TRAIN]
 
-def open_store(path: str | Path) -> tuple[zarr.Group, StoreInfo]:
-    """Open a store read-only (validated by pipeline.store, one clear line otherwise)."""
-    store = open_feature_store(path)
-    info = StoreInfo(
-        path=store.path,
-        task=store.task,
-        classes=store.classes,
-        shapes={name: (spec.positions, spec.dim) for name, spec in store.modalities.items()},
-        extraction={name: dict(spec.config) for name, spec in store.modalities.items()},
-        num_splits=int(store.splits.shape[1]),
-        num_rows=store.n,
-        dataset=store.dataset,
-    )
-    if not info.classes:
-        raise UserError(f"{path}: the store lists no classes")
-    return zarr.open_group(str(store.path), mode="r"), info
+    @property
+    def test(self) -> InMemoryFeatures | StreamedFeatures:
+        return self.parts[Split.TEST]
 
 
-def check_modalities(info: StoreInfo, modalities: list[str] | None) -> list[str]:
+def open_for_training(store: str | Path | FeatureStore) -> FeatureStore:
+    """The store, opened (and validated) unless it already is, with at least one class."""
+    opened = store if isinstance(store, FeatureStore) else open_store(store)
+    if not opened.classes:
+        raise UserError(f"{opened.path}: the store lists no classes")
+    return opened
+
+
+def check_modalities(store: FeatureStore, modalities: list[str] | None) -> list[str]:
     """The chosen modalities (all of the store's by default), each known to the store."""
     if not modalities:
-        if not info.shapes:
-            raise UserError(f"{info.path}: the store has no modality with features")
-        return list(info.shapes)
+        if not store.modalities:
+            raise UserError(f"{store.path}: the store has no modality with features")
+        return list(store.modalities)
     for name in modalities:
-        if name not in info.shapes:
-            known = ", ".join(info.shapes) or "none"
-            raise UserError(f"unknown modality '{name}' in {info.path} (available: {known})")
+        if name not in store.modalities:
+            known = ", ".join(store.modalities) or "none"
+            raise UserError(f"unknown modality '{name}' in {store.path} (available: {known})")
     return list(modalities)
 
 
-def check_split(info: StoreInfo, split: int) -> None:
+def check_split(store: FeatureStore, split: int) -> None:
     """Splits are numbered 1..S."""
-    if not 1 <= split <= info.num_splits:
+    if not 1 <= split <= store.num_splits:
         raise UserError(
-            f"split {split} does not exist in {info.path}: it has "
-            f"{info.num_splits} split(s), numbered 1 to {info.num_splits}"
+            f"split {split} does not exist in {store.path}: it has "
+            f"{store.num_splits} split(s), numbered 1 to {store.num_splits}"
         )
 
 
-def read_labels(group: zarr.Group, info: StoreInfo) -> np.ndarray:
+def read_labels(store: FeatureStore) -> np.ndarray:
     """(N,) int64 class ids (-1 unlabelled) or (N, C) float32 0/1 targets."""
-    if info.task == "single":
-        return np.asarray(group["videos/label"][:], dtype=np.int64)
-    return np.asarray(group["videos/labels"][:], dtype=np.float32)
+    dtype = np.int64 if store.task == "single" else np.float32
+    return np.asarray(store.labels, dtype=dtype)
 
 
 def select_rows(
-    group: zarr.Group,
-    info: StoreInfo,
+    store: FeatureStore,
     modalities: list[str],
     split: int,
-    part: int,
+    part: Split,
     labels: np.ndarray,
 ) -> tuple[np.ndarray, RowCounts]:
     """Sorted row indices of one part (TRAIN or TEST) of a split, and what was left out."""
-    in_part = np.asarray(group["videos/split"][:, split - 1]) == part
-    statuses = np.stack([np.asarray(group[f"{m}/status"][:]) for m in modalities], axis=1)
-    pending = (statuses == PENDING).any(axis=1)
-    failed = (statuses == FAILED).any(axis=1) & ~pending
+    in_part = store.splits[:, split - 1] == part
+    statuses = np.stack([store.status(m) for m in modalities], axis=1)
+    pending = (statuses == Status.PENDING).any(axis=1)
+    failed = (statuses == Status.FAILED).any(axis=1) & ~pending
     usable = ~pending & ~failed
-    all_absent = usable & (statuses == ABSENT).all(axis=1)
+    all_absent = usable & (statuses == Status.ABSENT).all(axis=1)
     labelled = labels >= 0 if labels.ndim == 1 else np.ones(len(labels), dtype=bool)
     keep = in_part & usable & ~all_absent & labelled
     counts = RowCounts(
@@ -151,20 +129,21 @@ def select_rows(
     return np.flatnonzero(keep), counts
 
 
-def row_bytes(info: StoreInfo, modalities: list[str]) -> int:
+def row_bytes(store: FeatureStore, modalities: list[str]) -> int:
     """Bytes one row takes in memory: float16 features plus the mask."""
-    return sum(info.shapes[m][0] * (info.shapes[m][1] * 2 + 1) for m in modalities)
+    specs = [store.modalities[m] for m in modalities]
+    return sum(spec.positions * (spec.dim * 2 + 1) for spec in specs)
 
 
-def block_ranges(group: zarr.Group, modalities: list[str], num_rows: int, bytes_per_row: int):
+def block_ranges(store: FeatureStore, modalities: list[str]) -> list[tuple[int, int]]:
     """Chunk-aligned [start, stop) row ranges of about BLOCK_BYTES each."""
-    unit = math.lcm(*(group[f"{m}/features"].chunks[0] for m in modalities))
-    rows = max(unit, (BLOCK_BYTES // max(bytes_per_row, 1)) // unit * unit)
-    return [(start, min(start + rows, num_rows)) for start in range(0, num_rows, rows)]
+    unit = math.lcm(*(store.chunk_rows(m) for m in modalities))
+    rows = max(unit, (BLOCK_BYTES // max(row_bytes(store, modalities), 1)) // unit * unit)
+    return [(start, min(start + rows, store.n)) for start in range(0, store.n, rows)]
 
 
 def read_block(
-    group: zarr.Group,
+    store: FeatureStore,
     modalities: list[str],
     start: int,
     stop: int,
@@ -173,11 +152,24 @@ def read_block(
     """Rows `start + local_rows` of each modality: float16 features, mask, present."""
     block = {}
     for name in modalities:
-        features = np.asarray(group[f"{name}/features"][start:stop])[local_rows]
-        mask = np.asarray(group[f"{name}/mask"][start:stop])[local_rows]
-        present = np.asarray(group[f"{name}/status"][start:stop])[local_rows] == DONE
-        block[name] = (features.astype(np.float16, copy=False), mask.astype(bool), present)
+        features, mask, _, status = store.read(name, slice(start, stop))
+        block[name] = (
+            features[local_rows].astype(np.float16, copy=False),
+            mask[local_rows].astype(bool),
+            status[local_rows] == Status.DONE,
+        )
     return block
+
+
+def blocks_of(store: FeatureStore, modalities: list[str], rows: np.ndarray
+              ) -> list[tuple[int, int, np.ndarray]]:
+    """(start, stop, rows inside as offsets from start) of every block that holds some rows."""
+    blocks = []
+    for start, stop in block_ranges(store, modalities):
+        local = rows[(rows >= start) & (rows < stop)] - start
+        if len(local):
+            blocks.append((start, stop, local))
+    return blocks
 
 
 class InMemoryFeatures:
@@ -185,8 +177,7 @@ class InMemoryFeatures:
 
     def __init__(
         self,
-        group: zarr.Group,
-        info: StoreInfo,
+        store: FeatureStore,
         modalities: list[str],
         rows: np.ndarray,
         labels: np.ndarray,
@@ -195,20 +186,16 @@ class InMemoryFeatures:
         self.rows = rows
         self.data: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         for name in modalities:
-            length, dim = info.shapes[name]
+            spec = store.modalities[name]
             self.data[name] = (
-                torch.empty((len(rows), length, dim), dtype=torch.float16),
-                torch.empty((len(rows), length), dtype=torch.bool),
+                torch.empty((len(rows), spec.positions, spec.dim), dtype=torch.float16),
+                torch.empty((len(rows), spec.positions), dtype=torch.bool),
                 torch.empty(len(rows), dtype=torch.bool),
             )
         # Read block by block so the transient memory is one block, not the whole store.
         filled = 0
-        ranges = block_ranges(group, modalities, info.num_rows, row_bytes(info, modalities))
-        for start, stop in ranges:
-            local = rows[(rows >= start) & (rows < stop)] - start
-            if len(local) == 0:
-                continue
-            block = read_block(group, modalities, start, stop, local)
+        for start, stop, local in blocks_of(store, modalities, rows):
+            block = read_block(store, modalities, start, stop, local)
             for name, arrays in block.items():
                 for target, source in zip(self.data[name], arrays, strict=True):
                     target[filled : filled + len(local)] = torch.from_numpy(source)
@@ -250,7 +237,7 @@ class BlockStream(IterableDataset):
         worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(len(self.blocks)) if self.shuffle else np.arange(len(self.blocks))
-        group = zarr.open_group(str(self.path), mode="r")
+        store = open_store(self.path)
         carry: tuple[BlockArrays, np.ndarray] | None = None
         for position, block_index in enumerate(order):
             if position % workers != worker_id:
@@ -258,7 +245,7 @@ class BlockStream(IterableDataset):
             start, stop, local = self.blocks[block_index]
             if self.shuffle:
                 local = local[rng.permutation(len(local))]
-            arrays, rows = read_block(group, self.modalities, start, stop, local), local + start
+            arrays, rows = read_block(store, self.modalities, start, stop, local), local + start
             if carry is not None:
                 arrays = {
                     name: tuple(
@@ -296,22 +283,15 @@ class StreamedFeatures:
 
     def __init__(
         self,
-        group: zarr.Group,
-        info: StoreInfo,
+        store: FeatureStore,
         modalities: list[str],
         rows: np.ndarray,
         labels: np.ndarray,
         num_workers: int = 1,
     ) -> None:
-        self.path, self.modalities, self.labels = info.path, modalities, labels
+        self.path, self.modalities, self.labels = store.path, modalities, labels
         self.rows, self.num_workers = rows, num_workers
-        self.blocks = []
-        for start, stop in block_ranges(
-            group, modalities, info.num_rows, row_bytes(info, modalities)
-        ):
-            local = rows[(rows >= start) & (rows < stop)] - start
-            if len(local):
-                self.blocks.append((start, stop, local))
+        self.blocks = blocks_of(store, modalities, rows)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -339,32 +319,18 @@ def memory_budget_bytes(budget_gb: float | None) -> int:
 
 
 def load_part(
-    store: str | Path,
+    store: str | Path | FeatureStore,
     split: int,
     modalities: list[str] | None,
-    part: int,
+    part: Split,
     memory_budget_gb: float | None = None,
     streaming: str = "auto",
     num_workers: int = 1,
-) -> tuple[StoreInfo, InMemoryFeatures | StreamedFeatures, RowCounts]:
+) -> tuple[FeatureStore, InMemoryFeatures | StreamedFeatures, RowCounts]:
     """One part (TRAIN or TEST) of a split alone, e.g. the test rows for evaluation."""
-    group, info = open_store(store)
-    modalities = check_modalities(info, modalities)
-    check_split(info, split)
-    labels = read_labels(group, info)
-    rows, counts = select_rows(group, info, modalities, split, part, labels)
-    if len(rows) == 0:
-        name = "training" if part == TRAIN else "test"
-        raise UserError(
-            f"split {split} of {info.path} has no usable {name} rows with modalities "
-            f"{', '.join(modalities)} ({describe_exclusions(counts)})"
-        )
-    streamed = use_streaming(streaming, len(rows) * row_bytes(info, modalities), memory_budget_gb)
-    if streamed:
-        source = StreamedFeatures(group, info, modalities, rows, labels, num_workers)
-    else:
-        source = InMemoryFeatures(group, info, modalities, rows, labels)
-    return info, source, counts
+    data = load_split(store, split, modalities, memory_budget_gb, streaming, num_workers,
+                      parts=(part,))
+    return data.store, data.parts[part], data.counts[part.label]
 
 
 def use_streaming(streaming: str, needed_bytes: int, memory_budget_gb: float | None) -> bool:
@@ -377,47 +343,43 @@ def use_streaming(streaming: str, needed_bytes: int, memory_budget_gb: float | N
 
 
 def load_split(
-    store: str | Path,
+    store: str | Path | FeatureStore,
     split: int = 1,
     modalities: list[str] | None = None,
     memory_budget_gb: float | None = None,
     streaming: str = "auto",
     num_workers: int = 1,
+    parts: tuple[Split, ...] = (Split.TRAIN, Split.TEST),
 ) -> SplitData:
-    """Train and test batch sources of a 1-based split.
+    """Batch sources of a 1-based split's parts (train and test unless told otherwise).
 
-    streaming: 'auto' (in memory when train+test rows fit the budget), 'on' or 'off'.
+    streaming: 'auto' (in memory when the rows of all parts fit the budget), 'on' or 'off'.
     """
-    group, info = open_store(store)
-    modalities = check_modalities(info, modalities)
-    check_split(info, split)
-    labels = read_labels(group, info)
-    train_rows, train_counts = select_rows(group, info, modalities, split, TRAIN, labels)
-    test_rows, test_counts = select_rows(group, info, modalities, split, TEST, labels)
-    for rows, counts, name in (
-        (train_rows, train_counts, "training"),
-        (test_rows, test_counts, "test"),
-    ):
+    store = open_for_training(store)
+    modalities = check_modalities(store, modalities)
+    check_split(store, split)
+    labels = read_labels(store)
+    selected = {part: select_rows(store, modalities, split, part, labels) for part in parts}
+    for part, (rows, counts) in selected.items():
         if len(rows) == 0:
+            name = "training" if part == Split.TRAIN else "test"
             raise UserError(
-                f"split {split} of {info.path} has no usable {name} rows with modalities "
+                f"split {split} of {store.path} has no usable {name} rows with modalities "
                 f"{', '.join(modalities)} ({describe_exclusions(counts)})"
             )
-    needed = (len(train_rows) + len(test_rows)) * row_bytes(info, modalities)
+    needed = sum(len(rows) for rows, _ in selected.values()) * row_bytes(store, modalities)
     streamed = use_streaming(streaming, needed, memory_budget_gb)
-    if streamed:
-        train = StreamedFeatures(group, info, modalities, train_rows, labels, num_workers)
-        test = StreamedFeatures(group, info, modalities, test_rows, labels, num_workers)
-    else:
-        train = InMemoryFeatures(group, info, modalities, train_rows, labels)
-        test = InMemoryFeatures(group, info, modalities, test_rows, labels)
+    sources = {
+        part: StreamedFeatures(store, modalities, rows, labels, num_workers) if streamed
+        else InMemoryFeatures(store, modalities, rows, labels)
+        for part, (rows, _) in selected.items()
+    }
     return SplitData(
-        info=info,
+        store=store,
         split=split,
         modalities=modalities,
-        train=train,
-        test=test,
-        counts={"train": train_counts, "test": test_counts},
+        parts=sources,
+        counts={part.label: counts for part, (_, counts) in selected.items()},
         streamed=streamed,
     )
 

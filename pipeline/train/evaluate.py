@@ -17,8 +17,10 @@ import torch
 from extract.device import resolve_device
 from extract.errors import UserError
 from model.network import AttentionClusterNet, loss_fn, probabilities
-from pipeline.train.checkpoint import load_checkpoint
-from pipeline.train.data import TEST, Batch, StoreInfo, check_split, load_part, open_store
+from pipeline.store.feature_store import FeatureStore
+from pipeline.store.format import Split
+from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint
+from pipeline.train.data import Batch, check_split, load_part, open_for_training
 from pipeline.train.metrics import task_metrics, write_per_class_csv
 
 
@@ -52,39 +54,32 @@ def predict(
     return np.concatenate(scores), np.concatenate(labels), loss_sum / max(count, 1)
 
 
-def check_compatible(checkpoint: dict[str, Any], info: StoreInfo, source: str) -> list[str]:
+def check_compatible(checkpoint: dict[str, Any], store: FeatureStore, source: str) -> list[str]:
     """The checkpoint's modalities, after checking the store can feed this model."""
-    if checkpoint["task"] != info.task:
+    if checkpoint["task"] != store.task:
         raise UserError(
-            f"{source} was trained for a {checkpoint['task']}-label task; {info.path} is "
-            f"{info.task}-label"
+            f"{source} was trained for a {checkpoint['task']}-label task; {store.path} is "
+            f"{store.task}-label"
         )
-    if list(checkpoint["classes"]) != info.classes:
+    if list(checkpoint["classes"]) != store.classes:
         raise UserError(
             f"{source} has {len(checkpoint['classes'])} classes that differ from the "
-            f"{len(info.classes)} classes of {info.path} (trained on another dataset?)"
+            f"{len(store.classes)} classes of {store.path} (trained on another dataset?)"
         )
     modalities = list(checkpoint["model_config"]["modalities"])
     for name in modalities:
         width = checkpoint["model_config"]["modalities"][name][0]
-        if name not in info.shapes:
-            known = ", ".join(info.shapes) or "none"
+        if name not in store.modalities:
+            known = ", ".join(store.modalities) or "none"
             raise UserError(
-                f"{source} needs modality '{name}', which {info.path} lacks (it has: {known})"
+                f"{source} needs modality '{name}', which {store.path} lacks (it has: {known})"
             )
-        if info.shapes[name][1] != width:
+        if store.modalities[name].dim != width:
             raise UserError(
-                f"{source} expects {name} features of width {width}; {info.path} has "
-                f"{info.shapes[name][1]} (extracted with another backbone?)"
+                f"{source} expects {name} features of width {width}; {store.path} has "
+                f"{store.modalities[name].dim} (extracted with another backbone?)"
             )
     return modalities
-
-
-def load_model(checkpoint: dict[str, Any], device: torch.device) -> AttentionClusterNet:
-    """The checkpoint's network with its weights, on `device`, in eval mode."""
-    model = AttentionClusterNet.from_config(checkpoint["model_config"])
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.to(device).eval()
 
 
 def evaluate(
@@ -104,14 +99,15 @@ def evaluate(
     """
     content = load_checkpoint(checkpoint)
     split = int(content.get("split", 1)) if split is None else int(split)
-    _, info = open_store(store)
-    modalities = check_compatible(content, info, str(checkpoint))
-    check_split(info, split)
+    opened = open_for_training(store)
+    modalities = check_compatible(content, opened, str(checkpoint))
+    check_split(opened, split)
     _, source, counts = load_part(
-        store, split, modalities, TEST, memory_budget_gb=memory_budget_gb, streaming=streaming
+        opened, split, modalities, Split.TEST, memory_budget_gb=memory_budget_gb,
+        streaming=streaming,
     )
     torch_device = resolve_device(device)
-    model = load_model(content, torch_device)
+    model = model_from_checkpoint(content, torch_device)
     scores, labels, loss = predict(model, source.batches(batch_size), torch_device, content["task"])
     metrics: dict[str, Any] = task_metrics(scores, labels, content["task"])
     if per_class_csv is not None and content["task"] == "single":

@@ -2,7 +2,7 @@
 
 One call, `train(store, out_dir, config)`, writes into out_dir:
   best.pt         the checkpoint of the epoch with the best validation top-1 (single-label)
-                  or GAP (multi-label); see pipeline/checkpoint.py
+                  or GAP (multi-label); see pipeline/train/checkpoint.py
   metrics.json    one entry per epoch (train loss/accuracy, validation metrics), rewritten
                   after every epoch so a crashed run keeps its history
   curves.png      training curves (loss; accuracy or GAP)
@@ -14,25 +14,20 @@ Validation uses the split's test rows (UCF101/HMDB51 have no separate validation
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from extract.device import resolve_device
-from extract.errors import UserError
-from model.attention import UNIT_KINDS
-from model.network import HEADS, AttentionClusterNet, loss_fn
+from model.network import AttentionClusterNet, loss_fn
+from pipeline.atomic import write_json_atomic
 from pipeline.train.checkpoint import save_checkpoint
+from pipeline.train.config import TrainConfig
 from pipeline.train.data import SplitData, load_split
 from pipeline.train.evaluate import predict, to_device
 from pipeline.train.metrics import (
@@ -41,68 +36,7 @@ from pipeline.train.metrics import (
     task_metrics,
     write_per_class_csv,
 )
-
-SCHEDULES = ("none", "cosine", "step")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; field names match the `train:` section of a profile."""
-
-    split: int = 1
-    modalities: list[str] | None = None  # None: every modality of the store
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    schedule: str = "none"  # none | cosine | step (x0.1 at 1/2 and 3/4 of the epochs)
-    clusters: dict[str, int] = field(default_factory=lambda: {"rgb": 64, "flow": 32, "audio": 32})
-    default_clusters: int = 32  # units for a modality not named in `clusters`
-    unit: str = "mlp"
-    shifting: bool = True
-    dropout: float = 0.5
-    head: str = "linear"
-    hidden: int = 128
-    seed: int = 0
-    device: str = "auto"
-    memory_budget_gb: float | None = None  # None: half the available memory
-    streaming: str = "auto"  # auto | on | off
-    num_workers: int = 1  # DataLoader workers when streaming
-    progress: bool = True
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build from a profile's `train:` mapping (plus CLI overrides), rejecting typos."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(
-                f"unknown training option(s): {', '.join(unknown)} "
-                f"(known: {', '.join(sorted(known))})"
-            )
-        config = cls(**values)
-        config.validate()
-        return config
-
-    def validate(self) -> None:
-        """One clear line for an impossible setting."""
-        checks = [
-            (self.unit in UNIT_KINDS, f"unit must be one of {', '.join(UNIT_KINDS)}"),
-            (self.head in HEADS, f"head must be one of {', '.join(HEADS)}"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
-            (self.streaming in ("auto", "on", "off"), "streaming must be auto, on or off"),
-            (self.epochs >= 1, "epochs must be at least 1"),
-            (self.batch_size >= 1, "batch_size must be at least 1"),
-            (self.lr > 0, "lr must be positive"),
-            (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
-            (all(n >= 1 for n in self.clusters.values()), "every cluster needs >= 1 unit"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"training config: {message}")
-
-    def units_for(self, modality: str) -> int:
-        return int(self.clusters.get(modality, self.default_clusters))
+from pipeline.train.plots import plot_confusion, plot_curves
 
 
 @dataclass
@@ -134,14 +68,15 @@ def build_model(data: SplitData, config: TrainConfig) -> AttentionClusterNet:
     """The network for the chosen modalities of this store."""
     return AttentionClusterNet(
         modalities={
-            name: (data.info.shapes[name][1], config.units_for(name)) for name in data.modalities
+            name: (data.store.modalities[name].dim, config.units_for(name))
+            for name in data.modalities
         },
-        num_classes=len(data.info.classes),
+        num_classes=len(data.store.classes),
         unit=config.unit,
         shifting=config.shifting,
         dropout=config.dropout,
         head=config.head,
-        task=data.info.task,
+        task=data.store.task,
         hidden=config.hidden,
     )
 
@@ -176,7 +111,7 @@ def train_epoch(
 ) -> tuple[float, float]:
     """One pass over the training rows; returns mean loss and top-1 (or Hit@1) accuracy."""
     model.train()
-    criterion = loss_fn(data.info.task)
+    criterion = loss_fn(data.store.task)
     loss_sum, hits, seen = 0.0, 0, 0
     bar = tqdm(
         total=len(data.train),
@@ -195,56 +130,12 @@ def train_epoch(
         loss.backward()
         optimizer.step()
         loss_sum += float(loss.detach()) * len(labels)
-        hits += batch_hits(logits.detach(), labels, data.info.task)
+        hits += batch_hits(logits.detach(), labels, data.store.task)
         seen += len(labels)
         bar.update(len(labels))
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{hits / seen:.3f}")
     bar.close()
     return loss_sum / max(seen, 1), hits / max(seen, 1)
-
-
-def write_json_atomic(path: Path, content: Any) -> None:
-    """metrics.json is rewritten every epoch; a reader must never see half of it."""
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as stream:
-        json.dump(content, stream, indent=2)
-    os.replace(temp_name, path)
-
-
-def plot_curves(path: Path, history: list[dict[str, Any]], task: str) -> None:
-    """Loss and headline accuracy per epoch, train and validation."""
-    epochs = [h["epoch"] for h in history]
-    figure = Figure(figsize=(10, 4))
-    loss_axes, accuracy_axes = figure.subplots(1, 2)
-    loss_axes.plot(epochs, [h["train_loss"] for h in history], label="train")
-    loss_axes.plot(epochs, [h["val"]["loss"] for h in history], label="validation")
-    loss_axes.set(xlabel="epoch", ylabel="loss", title="loss")
-    name = headline_metric(task)
-    accuracy_axes.plot(epochs, [h["train_accuracy"] for h in history], label="train top-1")
-    accuracy_axes.plot(epochs, [h["val"][name] for h in history], label=f"validation {name}")
-    accuracy_axes.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
-    for axes in (loss_axes, accuracy_axes):
-        axes.legend()
-        axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-
-
-def plot_confusion(path: Path, matrix: np.ndarray, classes: list[str]) -> None:
-    """Row-normalised confusion matrix; class names drawn only when they stay legible."""
-    rows = matrix.sum(axis=1, keepdims=True)
-    normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
-    size = min(20.0, 4 + 0.25 * len(classes))
-    figure = Figure(figsize=(size, size))
-    axes = figure.subplots()
-    image = axes.imshow(normalised, vmin=0, vmax=1, cmap="Blues")
-    figure.colorbar(image, ax=axes, fraction=0.046)
-    if len(classes) <= 40:
-        axes.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
-        axes.set_yticks(range(len(classes)), classes, fontsize=7)
-    axes.set(xlabel="predicted", ylabel="true", title="validation confusion (row-normalised)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
 
 
 def train(store: str | Path, out_dir: str | Path, config: TrainConfig) -> TrainResult:
@@ -263,7 +154,7 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig) -> TrainR
         streaming=config.streaming,
         num_workers=config.num_workers,
     )
-    task, classes = data.info.task, data.info.classes
+    task, classes = data.store.task, data.store.classes
     model = build_model(data, config).to(device)
     # fused: one kernel per step instead of ~10 passes over the wide head's weights.
     optimizer = torch.optim.Adam(
@@ -300,9 +191,14 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig) -> TrainR
                     "state_dict": model.state_dict(),
                     "classes": classes,
                     "task": task,
-                    "modalities": {m: data.info.extraction.get(m, {}) for m in data.modalities},
-                    "feature_shapes": {m: list(data.info.shapes[m]) for m in data.modalities},
-                    "dataset": data.info.dataset,
+                    "modalities": {
+                        m: dict(data.store.modalities[m].config) for m in data.modalities
+                    },
+                    "feature_shapes": {
+                        m: [data.store.modalities[m].positions, data.store.modalities[m].dim]
+                        for m in data.modalities
+                    },
+                    "dataset": data.store.dataset,
                     "split": config.split,
                     "epoch": epoch,
                     "metrics": val,

@@ -1,0 +1,1 @@
+"""Downloading the real datasets: HTTP resume, unpacking, layout, sources, Kinetics clips."""

@@ -1,0 +1,87 @@
+"""`store info`: what a store holds and what is left to do, as a dict (for --json) or text.
+
+A running `features` may rewrite a shard between two reads of the same store, which zarr
+reports as a RuntimeError; `read_summary` retries then, so `store info` works during a run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.store.feature_store import FeatureStore, open_store
+from pipeline.store.format import FORMAT_VERSION, Status, StoreError
+
+READ_ATTEMPTS = 3
+RETRY_SECONDS = 0.5
+
+
+def summarize(store: FeatureStore, max_failures: int = 20) -> dict[str, Any]:
+    """Counts per modality and status, the first failures with their errors, the configs."""
+    modalities = {}
+    for name, spec in store.modalities.items():
+        status = store.status(name)
+        counts = Counter({s.label: 0 for s in Status})
+        counts.update(Status(int(value)).label for value in status)
+        failed_rows = np.flatnonzero(status == Status.FAILED)[:max_failures]
+        errors = store.errors(name) if len(failed_rows) else None
+        failures = [{"row": int(r), "id": store.ids[r], "error": str(errors[int(r)])}
+                    for r in failed_rows]
+        modalities[name] = {"positions": spec.positions, "dim": spec.dim,
+                            "counts": dict(counts), "failures": failures,
+                            "config": spec.config}
+    return {"path": str(store.path), "format_version": FORMAT_VERSION,
+            "dataset": store.dataset, "task": store.task, "videos": store.n,
+            "classes": len(store.classes), "splits": store.split_names,
+            "rows_per_shard": store.rows_per_shard, "created": store.created,
+            "software": store.software, "modalities": modalities}
+
+
+def read_summary(path: str | Path) -> dict[str, Any]:
+    """The summary of the store at `path`, retried while a running `features` rewrites it."""
+    attempt = 1
+    while True:
+        try:
+            return summarize(open_store(path))
+        except RuntimeError as exc:  # a shard replaced between two reads
+            if attempt == READ_ATTEMPTS:
+                raise StoreError(f"{path} changed while being read ({exc}); try again") from exc
+            attempt += 1
+            time.sleep(RETRY_SECONDS)
+
+
+def _describe_config(config: Mapping[str, Any]) -> str:
+    """One line of the settings that matter most; `store info --json` has the full config."""
+    plain = [f"{k}={v}" for k, v in config.items() if not isinstance(v, Mapping)]
+    backbone = config.get("backbone", {})
+    spec = backbone.get("spec", backbone) if isinstance(backbone, Mapping) else {}
+    if spec.get("name"):
+        weights = backbone.get("weights")
+        plain.append(f"backbone={spec['name']}" + (f" ({weights})" if weights else ""))
+    return ", ".join(plain) or "(not recorded)"
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """Human-readable `store info`: what the store holds and what is left to do."""
+    lines = [
+        f"{summary['path']}: dataset {summary['dataset']} ({summary['task']}-label), "
+        f"{summary['videos']} videos, {summary['classes']} classes",
+        f"splits: {', '.join(summary['splits']) or 'none'}; created {summary['created']}; "
+        f"format v{summary['format_version']}, {summary['rows_per_shard']} rows per shard",
+    ]
+    for name, info in summary["modalities"].items():
+        counts = info["counts"]
+        described = ", ".join(f"{counts[s.label]} {s.label}" for s in Status)
+        lines.append(f"{name}: {info['positions']} x {info['dim']}: {described}")
+        lines.append(f"  extraction: {_describe_config(info['config'])}")
+        for failure in info["failures"]:
+            lines.append(f"  failed {failure['id']}: {failure['error']}")
+        shown = len(info["failures"])
+        if counts["failed"] > shown:
+            lines.append(f"  ... and {counts['failed'] - shown} more failures")
+    return "\n".join(lines)

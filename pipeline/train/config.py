@@ -1,0 +1,78 @@
+"""Training settings: every default declared once, here.
+
+A profile's `train:` section and the CLI's options are both read through
+`TrainConfig.from_dict`, so a key this dataclass knows is accepted everywhere and a typo is
+refused everywhere with the same line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from extract.errors import UserError
+from model.attention import UNIT_KINDS
+from model.network import HEADS
+
+SCHEDULES = ("none", "cosine", "step")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; field names match the `train:` section of a profile."""
+
+    split: int = 1
+    modalities: list[str] | None = None  # None: every modality of the store
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "none"  # none | cosine | step (x0.1 at 1/2 and 3/4 of the epochs)
+    clusters: dict[str, int] = field(default_factory=lambda: {"rgb": 64, "flow": 32, "audio": 32})
+    default_clusters: int = 32  # units for a modality not named in `clusters`
+    unit: str = "mlp"
+    shifting: bool = True
+    dropout: float = 0.5
+    head: str = "linear"
+    hidden: int = 128
+    seed: int = 0
+    device: str = "auto"
+    memory_budget_gb: float | None = None  # None: half the available memory
+    streaming: str = "auto"  # auto | on | off
+    num_workers: int = 1  # DataLoader workers when streaming
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a profile's `train:` mapping (plus CLI overrides), rejecting typos."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(
+                f"unknown training option(s): {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """One clear line for an impossible setting."""
+        checks = [
+            (self.unit in UNIT_KINDS, f"unit must be one of {', '.join(UNIT_KINDS)}"),
+            (self.head in HEADS, f"head must be one of {', '.join(HEADS)}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.streaming in ("auto", "on", "off"), "streaming must be auto, on or off"),
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.lr > 0, "lr must be positive"),
+            (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (all(n >= 1 for n in self.clusters.values()), "every cluster needs >= 1 unit"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"training config: {message}")
+
+    def units_for(self, modality: str) -> int:
+        return int(self.clusters.get(modality, self.default_clusters))
