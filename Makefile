@@ -52,7 +52,7 @@ demo: $(STAMP)
 
 ## reproduce: the paper's Flash-MNIST ablation grid (reduced CPU schedule; ARGS=--full for the paper's) -> docs/reproduction.md
 reproduce: $(STAMP)
-	$(PY) -m pipeline.study.reproduce --device $(DEVICE) $(ARGS)
+	$(CLI) reproduce --device $(DEVICE) $(ARGS)
 
 ## test: the CPU test suite (fast cases; `make test-all` adds the heavy ones, marked slow)
 test: $(STAMP)

@@ -14,9 +14,9 @@ from pathlib import Path
 import click
 
 from extract.errors import UserError
+from pipeline.datasets.obtain import GENERATED
 
 DATASET = os.environ.get("DATASET", "toy")
-GENERATED = ("toy", "flash-mnist")
 MANIFEST_KINDS = ("ucf101", "hmdb51", "kinetics400", "folder")
 
 
@@ -44,17 +44,9 @@ def data() -> None:
 def data_generate(name: str, out: Path | None, seed: int, videos: int | None,
                   mnist_dir: Path | None = None, source: str = "auto") -> None:
     """Write a generated dataset (offline, deterministic for a seed)."""
-    out = out or Path("data") / name
-    if name == "toy":
-        from pipeline.datasets.generated.toy import generate_toy
+    from pipeline.datasets.obtain import generate_dataset
 
-        kwargs = {"videos": videos} if videos else {}
-        path = generate_toy(out, seed=seed, **kwargs)
-    else:
-        from pipeline.datasets.generated.flash_mnist import generate_flash_mnist
-
-        kwargs = {"per_class_train": videos} if videos else {}
-        path = generate_flash_mnist(out, seed=seed, mnist_dir=mnist_dir, source=source, **kwargs)
+    path = generate_dataset(name, out or Path("data") / name, seed, videos, mnist_dir, source)
     click.echo(f"wrote {name} to {path}")
 
 
@@ -63,18 +55,15 @@ def data_generate(name: str, out: Path | None, seed: int, videos: int | None,
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder [data/NAME].")
 def data_get(name: str, out: Path | None) -> None:
     """Generate (toy, flash-mnist) or download (ucf101, hmdb51, kinetics400) a dataset."""
-    out = out or Path("data") / name
-    if name in GENERATED:
-        marker = out / ("toy.json" if name == "toy" else "flash-mnist.zarr/zarr.json")
-        if marker.exists():
-            click.echo(f"{name} is already in {out} (`cli.py data generate {name}` remakes it)")
-            return
-        ctx = click.get_current_context()
-        ctx.invoke(data_generate, name=name, out=out, seed=0, videos=None)
-        return
-    from pipeline.datasets.download.sources import fetch_dataset
+    from pipeline.datasets.obtain import get_dataset
 
-    click.echo(f"{name} is in {fetch_dataset(name, out)}")
+    path, made = get_dataset(name, out or Path("data") / name)
+    if not made:
+        click.echo(f"{name} is already in {path} (`cli.py data generate {name}` remakes it)")
+    elif name in GENERATED:
+        click.echo(f"wrote {name} to {path}")
+    else:
+        click.echo(f"{name} is in {path}")
 
 
 @data.command("validate")
@@ -128,17 +117,15 @@ def features(dataset: str, root: Path | None, config: str | None, kind: str | No
 
     from pipeline.features.dask_runner import format_run_summary
     from pipeline.features.run import run_features
-    from pipeline.profiles import default_profile_for, load_profile
-    from pipeline.store.summary import format_summary
+    from pipeline.store.summary import format_summary, summarize
 
     root, out = _dataset_paths(dataset, root, out)
-    profile = load_profile(config or default_profile_for(dataset))
     result = run_features(
-        kind=kind or profile["dataset"]["kind"], root=root, profile=profile, out=out,
+        kind=kind, root=root, profile=config, out=out,
         dataset=dataset, splits_dir=splits, workers=workers, scheduler=scheduler,
         device=device, limit=limit, overwrite=overwrite, flush_seconds=flush_seconds,
     )
-    summary = result.store.summary()
+    summary = summarize(result.store)
     click.echo(format_run_summary(result.run), err=as_json)
     if result.skipped_missing:
         click.echo(f"note: {result.skipped_missing} listed videos are missing on disk",
@@ -166,19 +153,10 @@ def store() -> None:
 def store_info(path: Path, as_json: bool) -> None:
     """Counts per modality and status, failures with their errors, the extraction config."""
     import json
-    import time
 
-    from pipeline.store.feature_store import open_store
-    from pipeline.store.summary import format_summary
+    from pipeline.store.summary import format_summary, read_summary
 
-    for attempt in range(3):
-        try:
-            summary = open_store(path).summary()
-            break
-        except RuntimeError as exc:  # a shard replaced between two reads by a running `features`
-            if attempt == 2:
-                raise UserError(f"{path} changed while being read ({exc}); try again") from exc
-            time.sleep(0.5)
+    summary = read_summary(path)
     click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
 
 
@@ -210,46 +188,25 @@ def train(dataset: str, store_path: Path | None, out: Path | None, split: str,
     """Train the Attention Clusters classifier on a feature store."""
     import json
 
-    from pipeline.profiles import default_profile_for, load_profile
-    from pipeline.train.config import TrainConfig
-    from pipeline.train.data import open_store
-    from pipeline.train.loop import train as run_training
-    from pipeline.train.runs import new_run_dir
+    from pipeline.train.splits import train_splits
 
-    store_path = _store_for(dataset, store_path)
-    settings = dict(load_profile(config or default_profile_for(dataset))["train"])
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
-    settings.update({k: v for k, v in overrides.items() if v is not None})
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     if modalities:
-        settings["modalities"] = [m.strip() for m in modalities.split(",") if m.strip()]
-    settings.update(device=device, progress=not as_json)
-    _, info = open_store(store_path)
-    splits = _parse_splits(split, info.num_splits)
-    results = []
-    for number in splits:
-        run_dir = out if out and len(splits) == 1 else None
-        if run_dir is None:
-            run_dir = (out / f"split{number}") if out else new_run_dir(
-                dataset, number if len(splits) > 1 else None)
-        result = run_training(store_path, run_dir, TrainConfig.from_dict({**settings,
-                                                                           "split": number}))
-        results.append(result.to_json())
-        if not as_json:
-            best = result.best_metrics
-            headline = ", ".join(f"{k} {v:.3f}" for k, v in best.items()
-                                 if k in ("top1", "top5", "mean_class_accuracy", "gap", "map"))
-            click.echo(f"split {number}: best epoch {result.best_epoch}: {headline}")
-            click.echo(f"checkpoint: {result.checkpoint}")
+        overrides["modalities"] = [m.strip() for m in modalities.split(",") if m.strip()]
+    overrides.update(device=device, progress=not as_json)
+    results = train_splits(_store_for(dataset, store_path), dataset, split, config, overrides,
+                           out)
     if as_json:
-        click.echo(json.dumps(results[0] if len(results) == 1 else results, indent=2))
-
-
-def _parse_splits(split: str, available: int) -> list[int]:
-    if split == "all":
-        return list(range(1, available + 1))
-    if not split.isdigit():
-        raise UserError(f"--split must be a split number or 'all', got {split!r}")
-    return [int(split)]
+        payload = [result.to_json() for result in results]
+        click.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
+        return
+    for result in results:
+        best = result.best_metrics
+        headline = ", ".join(f"{k} {v:.3f}" for k, v in best.items()
+                             if k in ("top1", "top5", "mean_class_accuracy", "gap", "map"))
+        click.echo(f"split {result.split}: best epoch {result.best_epoch}: {headline}")
+        click.echo(f"checkpoint: {result.checkpoint}")
 
 
 @main.command()
@@ -269,30 +226,16 @@ def evaluate(dataset: str, checkpoint: Path | None, store_path: Path | None, spl
     """Test metrics of a checkpoint: top-1/top-5/mean class accuracy, or mAP/GAP/Hit@1/PERR."""
     import json
 
-    from pipeline.train.checkpoint import load_checkpoint
-    from pipeline.train.evaluate import evaluate as run_evaluation
-    from pipeline.train.evaluate import evaluate_splits
-    from pipeline.train.runs import checkpoints_of, newest_checkpoint
+    from pipeline.train.splits import evaluate_dataset
 
-    store_path = _store_for(dataset, store_path)
-    if split == "all":
-        newest: dict[int, Path] = {}
-        for path in checkpoints_of(dataset):
-            newest.setdefault(int(load_checkpoint(path).get("split", 1)), path)
-        if checkpoint is not None or not newest:
-            raise UserError("--split all averages the newest checkpoint of each split under "
-                            f"runs/{dataset}: train them with `cli.py train --split all`")
-        metrics = evaluate_splits([newest[k] for k in sorted(newest)], store_path, device=device)
-        click.echo(json.dumps(metrics, indent=2) if as_json else _metrics_line(metrics["mean"],
-                                                                              "mean"))
-        return
-    if split is not None and not split.isdigit():
-        raise UserError(f"--split must be a split number or 'all', got {split!r}")
-    checkpoint = checkpoint or newest_checkpoint(dataset)
-    metrics = run_evaluation(checkpoint, store_path, split=int(split) if split else None,
-                             device=device, per_class_csv=per_class)
-    click.echo(json.dumps(metrics, indent=2) if as_json
-               else _metrics_line(metrics, f"split {metrics['split']}"))
+    metrics = evaluate_dataset(dataset, _store_for(dataset, store_path), checkpoint, split,
+                               device=device, per_class_csv=per_class)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+    elif "mean" in metrics:
+        click.echo(_metrics_line(metrics["mean"], "mean"))
+    else:
+        click.echo(_metrics_line(metrics, f"split {metrics['split']}"))
 
 
 @main.command()
@@ -319,6 +262,52 @@ def classify(videos: tuple[Path, ...], dataset: str, checkpoint: Path | None, to
     click.echo(json.dumps(results, indent=2) if as_json else format_table(results))
     if any("error" in result for result in results):
         sys.exit(1)
+
+
+@main.command()
+@click.option("--full", is_flag=True,
+              help="The paper's schedule: 100/10 videos per class, 100 epochs (GPU).")
+@click.option("--per-class-train", type=int,
+              help="Override the training videos per class [the schedule's].")
+@click.option("--per-class-test", type=int, help="Override the test videos per class.")
+@click.option("--epochs", type=int, help="Override the epochs per configuration.")
+@click.option("--lr", type=float, help="Override Adam's learning rate.")
+@click.option("--hidden", type=int, help="Override the two-layer unit's hidden width.")
+@click.option("--lenet-steps", type=int, help="Override the LeNet pre-training steps.")
+@click.option("--sizes", help="Cluster sizes, comma-separated [the paper's: 1,2,4,...,128].")
+@click.option("--units", help="Attention units (linear, mlp, dot), comma-separated "
+              "[linear,mlp].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--source", default="sklearn", show_default=True,
+              help="Digit images: sklearn (offline), mnist (--mnist-dir), download or auto.")
+@click.option("--mnist-dir", type=click.Path(path_type=Path),
+              help="Folder with MNIST's IDX files.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="[data/flash-mnist]")
+@click.option("--runs-dir", type=click.Path(path_type=Path), help="[runs/flash-mnist-grid]")
+@click.option("--docs-dir", type=click.Path(path_type=Path), help="[docs]")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def reproduce(full: bool, per_class_train: int | None, per_class_test: int | None,
+              epochs: int | None, lr: float | None, hidden: int | None,
+              lenet_steps: int | None, sizes: str | None, units: str | None, seed: int,
+              source: str, mnist_dir: Path | None, device: str, data_dir: Path | None,
+              runs_dir: Path | None, docs_dir: Path | None, no_progress: bool) -> None:
+    """Reproduce the paper's Flash-MNIST ablation (cluster size x unit x shifting).
+
+    Writes docs/reproduction.md, docs/reproduction.json and the attention figure. Rerunning
+    the same command resumes: finished configurations are not retrained.
+    """
+    from pipeline.study.run import reproduce as run_study
+    from pipeline.study.settings import settings_from_options
+
+    settings = settings_from_options(
+        full=full, per_class_train=per_class_train, per_class_test=per_class_test,
+        epochs=epochs, lr=lr, hidden=hidden, lenet_steps=lenet_steps, sizes=sizes,
+        units=units, seed=seed, source=source, mnist_dir=mnist_dir, device=device,
+        data_dir=data_dir, runs_dir=runs_dir, docs_dir=docs_dir, progress=not no_progress)
+    report = run_study(settings)
+    click.echo(f"{len(report['results'])} configurations; report in "
+               f"{settings.docs_dir / 'reproduction.md'}")
 
 
 def _metrics_line(metrics: dict, where: str) -> str:

@@ -36,7 +36,7 @@ from pipeline.features.extractor import VideoFeatureExtractor  # noqa: E402
 from pipeline.features.run import run_features  # noqa: E402
 from pipeline.profiles import load_profile  # noqa: E402
 from pipeline.store.create import create_store  # noqa: E402
-from pipeline.store.format import ModalitySpec  # noqa: E402
+from pipeline.store.format import ModalitySpec, Status  # noqa: E402
 from pipeline.store.summary import summarize  # noqa: E402
 
 
@@ -92,7 +92,7 @@ def stage_seconds(root: Path, profile: dict, videos: list[Path], out: Path) -> d
         totals["audio"] += t3 - t2
         totals["cnn"] += t4 - t3
         results.append({"rgb": {"features": rgb_features.astype(np.float16),
-                                "time": frames.times, "status": "done"}})
+                                "time": frames.times, "status": Status.DONE}})
     store = create_store(out, dataset="bench", task="single", classes=["a"],
                          ids=[str(p) for p in videos], labels=np.zeros(len(videos), np.int32),
                          splits=np.ones((len(videos), 1), np.uint8), split_names=["all"],

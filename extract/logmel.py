@@ -1,4 +1,4 @@
-"""VGGish-exact log-mel patches (librosa) and the offline `logmel` audio features.
+"""VGGish-exact log-mel patches (librosa): the input of every audio backbone.
 
 The patches match VGGish's own `mel_features` (checked against torchvggish in
 tests/test_audio.py): 25 ms periodic Hann window, 10 ms hop, 512-point FFT magnitude, 64 HTK-mel
@@ -113,41 +113,3 @@ def as_patch_tensor(patches: np.ndarray | torch.Tensor, device: torch.device) ->
     return x.to(device)
 
 
-class LogMelStats:
-    """Offline audio features: per-band mean and std over each patch's 96 frames (128-d)."""
-
-    name = "logmel"
-    dim = 2 * N_MELS
-    in_channels = 1
-    input_size = (PATCH_FRAMES, N_MELS)
-
-    def __init__(self, device: torch.device | str = "cpu"):
-        self.device = torch.device(device)
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "spec": {"name": self.name},
-            "modality": "audio",
-            "dim": self.dim,
-            "features": "per-band mean then std over the 96 frames of each patch",
-            "log_mel": dict(LOG_MEL_CONFIG),
-        }
-
-    @torch.inference_mode()
-    def __call__(self, patches: np.ndarray | torch.Tensor) -> torch.Tensor:
-        x = as_patch_tensor(patches, self.device)
-        std, mean = torch.std_mean(x, dim=1, correction=0)
-        return torch.cat([mean, std], dim=1).float().cpu()
-
-
-def build_audio_backbone(spec: dict[str, Any], device: torch.device):
-    """`{name: logmel}` (offline) or `{name: vggish, ...}` (released weights, see vggish.py)."""
-    if spec["name"] == "logmel":
-        if set(spec) != {"name"}:
-            raise UserError(f"audio backbone 'logmel' takes no options, got {sorted(spec)}")
-        return LogMelStats(device)
-    if spec["name"] == "vggish":
-        from extract.backbones.vggish import build_vggish
-
-        return build_vggish(spec, device)
-    raise UserError(f"audio backbone {spec['name']!r}: unknown name (use logmel or vggish)")

@@ -8,16 +8,18 @@ what gets extracted for hours.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from extract.errors import UserError
+from pipeline.train.config import TrainConfig
 
 # Sections whose content belongs to another component (backbone specs, flow parameters, cluster
-# sizes per modality): taken as given here and checked by that component.
-FREE_FORM_KEYS = frozenset({"modalities", "backbone", "params", "clusters"})
+# sizes per modality, training settings): taken as given here and checked by that component.
+FREE_FORM_KEYS = frozenset({"modalities", "backbone", "params", "clusters", "train"})
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -50,19 +52,7 @@ PROFILE_DEFAULTS: dict[str, Any] = {
     "dataset": {"kind": "folder"},
     "limits": {"max_seconds": 600.0, "max_pixels": 3840 * 2160, "timeout_s": 600.0},
     "modalities": {},
-    "train": {
-        "epochs": 30,
-        "batch_size": 64,
-        "lr": 1e-3,
-        "weight_decay": 0.0,
-        "schedule": "none",
-        "clusters": {"rgb": 64, "flow": 32, "audio": 32},
-        "unit": "mlp",
-        "shifting": True,
-        "dropout": 0.5,
-        "head": "linear",
-        "seed": 0,
-    },
+    "train": {},  # checked and completed by TrainConfig, where every default is declared
 }
 
 
@@ -107,8 +97,20 @@ def load_profile(name_or_path: str | Path) -> dict[str, Any]:
             MODALITY_DEFAULTS[name], settings or {}, where=f"{path}: modalities.{name}"
         )
         _check_positive(profile["modalities"][name], ("positions", "batch_size"), path, name)
+    profile["train"] = _train_settings(profile["train"], path)
     profile["name"] = path.stem
     return profile
+
+
+def _train_settings(given: Any, path: Path) -> dict[str, Any]:
+    """The `train:` section completed with TrainConfig's defaults, checked the way `train` will."""
+    given = {} if given is None else given  # an empty `train:` section
+    if not isinstance(given, dict):
+        raise UserError(f"{path}: train: expected a mapping, got {type(given).__name__}")
+    try:
+        return dataclasses.asdict(TrainConfig.from_dict(given))
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
 
 
 def _check_positive(settings: dict[str, Any], keys: tuple[str, ...], path: Path, name: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-PENDING, DONE, FAILED, ABSENT = 0, 1, 2, 3
+from pipeline.store.format import Split, Status
 
 
 def make_store(
@@ -66,9 +66,9 @@ def make_store(
             "labels", shape=(n, classes), dtype="bool", chunks=(chunk_rows, classes)
         )[:] = labels
         positives = [list(np.flatnonzero(row)) for row in labels]
-    split = np.where(rng.random((n, num_splits)) < 0.7, 1, 2).astype(np.uint8)
-    split[0] = 1  # at least one train and one test row whatever the seed
-    split[1] = 2
+    split = np.where(rng.random((n, num_splits)) < 0.7, Split.TRAIN, Split.TEST).astype(np.uint8)
+    split[0] = Split.TRAIN  # at least one train and one test row whatever the seed
+    split[1] = Split.TEST
     videos.create_array(
         "split", shape=(n, num_splits), dtype="uint8", chunks=(chunk_rows, num_splits)
     )[:] = split
@@ -78,7 +78,7 @@ def make_store(
         features = rng.normal(size=(n, length, dim)).astype(np.float32)
         mask = np.ones((n, length), dtype=bool)
         lengths = rng.integers(max(1, length // 2), length + 1, size=n)
-        status = np.full(n, DONE, dtype=np.uint8)
+        status = np.full(n, Status.DONE, dtype=np.uint8)
         error = np.full(n, "", dtype=object)
         for row in range(n):
             mask[row, lengths[row] :] = False
@@ -87,10 +87,10 @@ def make_store(
                 features[row, real[slot % len(real)]] += signal * prototypes[label_id]
         for row, value in statuses.get(name, {}).items():
             status[row] = value
-            if value in (ABSENT, PENDING, FAILED):
+            if value in (Status.ABSENT, Status.PENDING, Status.FAILED):
                 features[row] = 0.0
                 mask[row] = False
-            if value == FAILED:
+            if value == Status.FAILED:
                 error[row] = "DecodeError: broken file"
         features[~mask] = 0.0
         group = root.create_group(name)

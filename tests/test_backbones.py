@@ -13,12 +13,8 @@ import torchvision
 from sklearn.datasets import load_sample_images
 
 from extract.backbones.efficientnet_lite import packaged_weights_path
-from extract.backbones.registry import (
-    build_backbone,
-    extract_batched,
-    inflate_first_conv,
-    rebuild_backbone,
-)
+from extract.backbones.image import inflate_first_conv
+from extract.backbones.registry import build_backbone, extract_batched, rebuild_backbone
 from extract.errors import UserError
 
 IMAGENET_CLASSES = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.meta["categories"]

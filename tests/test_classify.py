@@ -17,9 +17,11 @@ import pipeline.inference.classify as classify
 from extract.errors import UserError
 from model.network import probabilities
 from pipeline.datasets.generated.toy import generate_toy
+from pipeline.features.extractor import settings_from_record
 from pipeline.features.run import run_features
 from pipeline.profiles import load_profile
 from pipeline.store.feature_store import open_store
+from pipeline.store.format import Status
 from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.train.config import TrainConfig
 from pipeline.train.loop import train
@@ -72,8 +74,8 @@ def test_features_equal_the_store(trained, classifier: classify.Classifier) -> N
         for name in MODALITIES:
             stored, mask, times, status = (a[row] for a in store.read(name))
             result = features.results[name]
-            assert result["status"] == {1: "done", 3: "absent"}[int(status)], name
-            if result["status"] != "done":
+            assert result["status"] == status, name
+            if result["status"] != Status.DONE:
                 continue
             count = len(result["features"])
             assert mask[:count].all() and not mask[count:].any()
@@ -84,7 +86,7 @@ def test_features_equal_the_store(trained, classifier: classify.Classifier) -> N
 
 def test_recorded_settings_rebuild_the_profile(trained) -> None:
     content = load_checkpoint(trained[2])
-    settings, limits = classify.recorded_settings(content)
+    settings, limits = settings_from_record(content["modalities"])
     profile = load_profile(trained[0].parent / "tiny.yaml")
     assert limits == {k: profile["limits"][k] for k in ("max_seconds", "max_pixels")}
     for name in MODALITIES:
@@ -94,7 +96,7 @@ def test_recorded_settings_rebuild_the_profile(trained) -> None:
     assert settings["flow"]["params"]["nscales"] == 2
     del content["modalities"]["flow"]["backbone"]
     with pytest.raises(UserError, match="flow"):
-        classify.recorded_settings(content)
+        settings_from_record(content["modalities"])
 
 
 def test_probabilities_match_the_model_on_the_store_row(trained) -> None:

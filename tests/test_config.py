@@ -8,6 +8,7 @@ import pytest
 
 from extract.errors import UserError
 from pipeline.profiles import CONFIG_DIR, default_profile_for, load_profile
+from pipeline.train.config import TrainConfig
 
 SHIPPED = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
@@ -53,6 +54,27 @@ def test_defaults_fill_missing_keys(tmp_path: Path) -> None:
 def test_bad_profiles_are_clear_errors(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_profile(path)
+
+
+def test_train_section_accepts_every_training_option(tmp_path: Path) -> None:
+    """Training defaults live in TrainConfig alone: a profile may set any of its fields."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("modalities:\n  rgb: {}\ntrain: {hidden: 64, default_clusters: 4}\n")
+    train = load_profile(path)["train"]
+    assert (train["hidden"], train["default_clusters"], train["epochs"]) == (64, 4, 30)
+    assert TrainConfig.from_dict(train).hidden == 64
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [("{hiden: 64}", "unknown training option.*hiden"), ("{epochs: ten}", "wrong type"),
+     ("{unit: conv}", "unit must be one of"), ("[1, 2]", "train: expected a mapping")],
+)
+def test_bad_train_sections_are_clear_errors(tmp_path: Path, train: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"modalities:\n  rgb: {{}}\ntrain: {train}\n")
     with pytest.raises(UserError, match=message):
         load_profile(path)
 

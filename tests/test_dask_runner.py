@@ -37,7 +37,7 @@ def features_of(seed: int) -> dict:
     if seed == 13:
         raise ValueError(f"cannot decode video {seed}")
     rng = np.random.default_rng(seed)
-    return {"status": "done", "values": rng.standard_normal(16)}
+    return {"status": Status.DONE, "values": rng.standard_normal(16)}
 
 
 def pid_and_threads(_: object) -> dict:
@@ -60,13 +60,13 @@ def dies_the_first_time(payload: tuple[str, int]) -> dict:
     if row == 1 and not marker.exists():
         marker.write_text("")
         os.kill(os.getpid(), signal.SIGKILL)
-    return {"status": "done", "row": row}
+    return {"status": Status.DONE, "row": row}
 
 
 def always_dies(row: int) -> dict:
     if row == 2:
         os.kill(os.getpid(), signal.SIGKILL)
-    return {"status": "done", "row": row}
+    return {"status": Status.DONE, "row": row}
 
 
 def collect(client, items, worker_fn, **options) -> tuple[dict, object]:
@@ -93,13 +93,13 @@ def test_existing_scheduler_address(client):
     seen: dict[int, object] = {}
     summary = run_tasks([(0, 1), (1, 2)], features_of, on_result=seen.__setitem__,
                         scheduler=client.scheduler.address, progress=False)
-    assert summary.completed == 2 and seen[1]["status"] == "done"
+    assert summary.completed == 2 and seen[1]["status"] == Status.DONE
 
 
 def test_a_failing_task_is_recorded_and_the_rest_finish(client):
     results, summary = collect(client, [(row, row) for row in range(20)], features_of)
-    assert results[13] == {"status": "failed", "error": "ValueError: cannot decode video 13"}
-    assert all(results[row]["status"] == "done" for row in range(20) if row != 13)
+    assert results[13] == {"status": Status.FAILED, "error": "ValueError: cannot decode video 13"}
+    assert all(results[row]["status"] == Status.DONE for row in range(20) if row != 13)
     assert summary.counts == {"done": 19, "failed": 1}
     assert summary.failures == [(13, "ValueError: cannot decode video 13")]
     assert "row 13: ValueError: cannot decode video 13" in format_run_summary(summary)
@@ -146,16 +146,16 @@ def test_a_worker_killed_once_is_retried_elsewhere(client, tmp_path):
     items = [(row, (str(tmp_path), row)) for row in range(4)]
     results, summary = collect(client, items, dies_the_first_time)
     assert (tmp_path / "1.died").exists()  # the worker really died once
-    assert {row: r["status"] for row, r in results.items()} == dict.fromkeys(range(4), "done")
+    assert {row: r["status"] for row, r in results.items()} == dict.fromkeys(range(4), Status.DONE)
     assert summary.counts == {"done": 4}
 
 
 def test_a_task_that_kills_every_worker_fails_after_the_retries(client):
     results, summary = collect(client, [(row, row) for row in range(4)], always_dies)
-    assert results[2]["status"] == "failed"
+    assert results[2]["status"] == Status.FAILED
     assert results[2]["error"] == (f"KilledWorker: {RETRIES + 1} worker processes died "
                                    "running this item (crash, segfault or out of memory)")
-    assert all(results[row]["status"] == "done" for row in (0, 1, 3))
+    assert all(results[row]["status"] == Status.DONE for row in (0, 1, 3))
     assert summary.counts == {"done": 3, "failed": 1}
 
 
@@ -173,7 +173,7 @@ def test_a_stop_signal_ends_the_run_cleanly(client, stop_signal):
     assert summary.interrupted and summary.completed == len(seen) == 3
     assert "interrupted: 3/200" in format_run_summary(summary)
     again, _ = collect(client, [(0, 5)], features_of)  # the cluster is still usable
-    assert again[0]["status"] == "done"
+    assert again[0]["status"] == Status.DONE
 
 
 def test_an_error_in_on_result_stops_the_run(client):
@@ -196,9 +196,9 @@ def store_row(seed: int) -> dict:
     """A worker function producing one store row (per modality), deterministic per video."""
     rng = np.random.default_rng(seed)
     if seed % 5 == 0:
-        return {"status": "failed", "error": f"DecodeError: video {seed} is truncated"}
+        return {"status": Status.FAILED, "error": f"DecodeError: video {seed} is truncated"}
     return {"rgb": {"features": rng.standard_normal((3, 4)), "time": np.arange(3.0)},
-            "audio": {"status": "absent"} if seed % 2 else
+            "audio": {"status": Status.ABSENT} if seed % 2 else
             {"features": rng.standard_normal((2, 4)), "time": np.arange(2.0)}}
 
 

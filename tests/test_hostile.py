@@ -168,7 +168,7 @@ def test_profile_timeout_reaches_the_decoders(long_clip: Path, tmp_path: Path) -
     extractor = VideoFeatureExtractor(profile["modalities"], profile["limits"], "cpu")
     results = extractor.extract(long_clip)
     for name in ALL:
-        assert results[name]["status"] == "failed"
+        assert results[name]["status"] == Status.FAILED
         assert "per-video limit (limits.timeout_s)" in results[name]["error"]
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -14,19 +17,20 @@ from extract.errors import UserError
 from pipeline.datasets.generated.flash_mnist import CLASSES, NOISE
 from pipeline.store.feature_store import open_store
 from pipeline.store.format import Status
+from pipeline.study.attention import attention_mass
 from pipeline.study.flash_features import class_names, frame_features
 from pipeline.study.lenet import LeNet, load_lenet
-from pipeline.study.reproduce import (
+from pipeline.study.run import reproduce
+from pipeline.study.settings import (
     FULL,
     REDUCED,
     Schedule,
     Settings,
-    attention_mass,
     grid,
-    parse_args,
-    reproduce,
+    settings_from_options,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 TINY = Schedule("tiny", per_class_train=1, per_class_test=1, epochs=1, lr=1e-2, hidden=8,
                 lenet_steps=40, lenet_batch=64)
 
@@ -124,20 +128,54 @@ def test_attention_mass_matches_its_definition() -> None:
     assert stats["units_with_majority_on_digits"] == 0.0
 
 
-def test_grid_and_arguments() -> None:
+def test_grid_and_options() -> None:
     cells = grid((1, 2), ("linear", "mlp"))
     assert len(grid((1, 2, 4, 8, 16, 32, 64, 128), ("linear", "mlp"))) == 33
     assert cells[0].name == "avg-n001-noshift" and len({c.name for c in cells}) == len(cells)
-    assert parse_args([]).schedule == REDUCED
-    full = parse_args(["--full", "--device", "cpu"]).schedule
+    default = settings_from_options()
+    assert default.schedule == REDUCED and default == Settings()
+    full = settings_from_options(full=True, device="cpu").schedule
     assert (full.per_class_train, full.per_class_test, full.epochs) == (100, 10, 100)
     assert full == FULL
-    custom = parse_args(["--epochs", "5", "--sizes", "4,8"])
+    custom = settings_from_options(epochs=5, sizes="4,8")
     assert custom.schedule.epochs == 5 and custom.sizes == (4, 8)
     assert custom.schedule.per_class_train == REDUCED.per_class_train
+    assert custom.schedule.name == "reduced (custom: {'epochs': 5})"
     with pytest.raises(UserError, match="--sizes"):
-        parse_args(["--sizes", "four"])
+        settings_from_options(sizes="four")
+    with pytest.raises(UserError, match="--sizes"):
+        settings_from_options(sizes="0,4")
     with pytest.raises(UserError, match="--units"):
-        parse_args(["--units", "conv"])
+        settings_from_options(units="conv")
     with pytest.raises(UserError, match="--epochs"):
-        parse_args(["--epochs", "0"])
+        settings_from_options(epochs=0)
+    with pytest.raises(UserError, match="--lr"):
+        settings_from_options(lr=-1e-3)
+    with pytest.raises(UserError, match="--source"):
+        settings_from_options(source="emnist")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_reproduce_has_help() -> None:
+    result = cli("reproduce", "--help")
+    assert result.returncode == 0 and "Usage:" in result.stdout
+    for option in ("--full", "--per-class-train", "--sizes", "--units", "--no-progress"):
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--sizes", "0,x"], "--sizes must be whole numbers, got '0,x'"),
+    (["--epochs", "0"], "--epochs must be positive, got 0"),
+])
+def test_cli_reproduce_refuses_a_bad_value_in_one_line(tmp_path: Path, args: list[str],
+                                                      expected: str) -> None:
+    result = cli("reproduce", *args, "--data-dir", str(tmp_path / "data"),
+                 "--runs-dir", str(tmp_path / "runs"), "--docs-dir", str(tmp_path / "docs"))
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {expected}"]
+    assert not any(tmp_path.iterdir())  # refused before anything was written

@@ -44,7 +44,7 @@ def fake_result(row: int, store) -> dict:
     result = {}
     for name, spec in store.modalities.items():
         if name == "audio" and row % 4 == 3:
-            result[name] = {"status": "absent"}
+            result[name] = {"status": Status.ABSENT}
             continue
         used = spec.positions - (row % 2)
         rng = np.random.default_rng([row, spec.dim, spec.positions])
@@ -66,7 +66,7 @@ def test_plain_zarr_reads_the_layout(tmp_path):
     path = tmp_path / "toy.zarr"
     store = make_store(path, n=40)
     write_all(store, range(0, 40, 2))
-    store.write_rows([1], [{"rgb": {"status": "failed", "error": "DecodeError: broken"}}])
+    store.write_rows([1], [{"rgb": {"status": Status.FAILED, "error": "DecodeError: broken"}}])
 
     group = zarr.open_group(path, mode="r")
     attrs = group.attrs.asdict()
@@ -157,7 +157,7 @@ def test_resume_keeps_done_rows_and_refreshes_labels(tmp_path):
     path = tmp_path / "s.zarr"
     store = make_store(path, n=20)
     write_all(store, range(8))
-    store.write_rows([8], [{"status": "failed", "error": "KilledWorker: boom"}])
+    store.write_rows([8], [{"status": Status.FAILED, "error": "KilledWorker: boom"}])
     before = store.read("rgb", range(8))[0]
 
     resumed = make_store(path, n=20, labels=np.full(20, 2))
@@ -171,7 +171,7 @@ def test_resume_keeps_done_rows_and_refreshes_labels(tmp_path):
 def test_task_failure_only_touches_unfinished_modalities(tmp_path):
     store = make_store(tmp_path / "s.zarr", n=4)
     store.write_rows([1], [{"rgb": fake_result(1, store)["rgb"]}])
-    store.write_rows([1], [{"status": "failed", "error": "ValueError: bad audio"}])
+    store.write_rows([1], [{"status": Status.FAILED, "error": "ValueError: bad audio"}])
     assert store.status("rgb")[1] == Status.DONE
     assert store.status("flow")[1] == store.status("audio")[1] == Status.FAILED
     assert str(store.errors("audio")[1]) == "ValueError: bad audio"
@@ -277,8 +277,8 @@ def test_file_count_stays_small_at_scale(tmp_path):
     with store.writer(expected_rows=np.arange(n)) as writer:
         for row in range(n):
             writer.add(row, {"rgb": {"features": np.full((4, 8), row % 11)},
-                             "flow": {"status": "failed", "error": "x"},
-                             "audio": {"status": "absent"}})
+                             "flow": {"status": Status.FAILED, "error": "x"},
+                             "audio": {"status": Status.ABSENT}})
     shards = -(-n // store.rows_per_shard)  # 5
     arrays = 3 + 5 * 3  # videos/{id,label,split} + 5 arrays per modality
     groups = 1 + 1 + 3
@@ -292,7 +292,7 @@ def test_file_count_stays_small_at_scale(tmp_path):
 def test_summary_counts_and_text(tmp_path):
     store = make_store(tmp_path / "s.zarr", n=8)
     write_all(store, range(4))
-    store.write_rows([5], [{"status": "failed", "error": "DecodeError: v00005.mp4 truncated"}])
+    store.write_rows([5], [{"status": Status.FAILED, "error": "DecodeError: v00005.mp4 truncated"}])
     summary = summarize(open_store(tmp_path / "s.zarr"))
     json.dumps(summary)  # `store info --json` must be able to print it
     assert summary["videos"] == 8

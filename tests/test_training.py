@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import json
 import pickle
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import zarr
-from fake_store import ABSENT, FAILED, PENDING, make_store
+from fake_store import make_store
 
 import pipeline.train.data as train_data
 from extract.errors import UserError
-from pipeline.store.format import Split
+from pipeline.store.format import Split, Status
 from pipeline.train.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import load_part, load_split
@@ -43,7 +44,10 @@ def quick_config(**overrides: object) -> TrainConfig:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("stores") / "single.zarr"
-    statuses = {"audio": {2: ABSENT, 3: ABSENT, 4: FAILED, 5: PENDING}, "rgb": {6: ABSENT}}
+    statuses = {
+        "audio": {2: Status.ABSENT, 3: Status.ABSENT, 4: Status.FAILED, 5: Status.PENDING},
+        "rgb": {6: Status.ABSENT},
+    }
     return make_store(path, n=160, statuses=statuses, unlabelled=(7,), num_splits=3)
 
 
@@ -162,7 +166,7 @@ def test_training_learns_and_writes_outputs(trained, store: Path) -> None:
     assert content["modalities"]["rgb"]["backbone"] == {"name": "fake-12"}
     assert content["split"] == 1 and content["task"] == "single"
     assert content["model_config"]["modalities"] == {"rgb": [12, 3], "audio": [8, 2]}
-    assert content["software"]["torch"] == str(torch.__version__)
+    assert content["software"]["torch"] == metadata.version("torch")
 
 
 def test_evaluate_matches_the_best_epoch(trained, store: Path, tmp_path: Path) -> None:

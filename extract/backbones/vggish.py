@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from extract.backbones.registry import file_sha256, load_weights_into
 from extract.errors import UserError
 from extract.logmel import LOG_MEL_CONFIG, N_MELS, PATCH_FRAMES, as_patch_tensor
+from extract.weights import file_sha256, load_weights_into
 
 WEIGHTS_NAME = "vggish-10086976.pth"
 PCA_NAME = "vggish_pca_params-970ea276.pth"

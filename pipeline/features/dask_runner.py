@@ -1,6 +1,7 @@
 """Run one function over many items on Dask workers; results come back to this process.
 
-Generic on purpose: it knows nothing about videos. Workers only compute; `on_result` runs in
+Generic on purpose: it knows nothing about videos (a failed item is reported with the store's
+`Status.FAILED`, so a failure becomes a failed row). Workers only compute; `on_result` runs in
 the client, so a single process writes the store. Tasks are submitted lazily with a bounded
 number in flight (memory stays flat for any number of items), a task that raises becomes a
 failed result, a worker that dies has its task retried elsewhere, and Ctrl-C / SIGTERM stop the
@@ -27,10 +28,10 @@ from distributed import Client, LocalCluster, as_completed
 from distributed.scheduler import KilledWorker
 
 from extract.errors import UserError
+from pipeline.store.format import Status
 
 T = TypeVar("T")
 
-FAILED = "failed"
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 _worker_cache: dict[Hashable, Any] = {}
@@ -56,7 +57,7 @@ def config_key(name: str, config: Mapping[str, Any]) -> tuple[str, str]:
 
 def task_failure(error: str) -> dict[str, str]:
     """The result a task gets when it raised or killed its workers."""
-    return {"status": FAILED, "error": error}
+    return {"status": Status.FAILED, "error": error}
 
 
 def _describe(exc: BaseException) -> str:
@@ -73,10 +74,11 @@ def _guarded(worker_fn: Callable[[Any], Any], payload: Any) -> Any:
 
 
 def default_outcome(result: Any) -> str:
-    """Label used for the summary counts: a result's "status", else "done"."""
-    if isinstance(result, Mapping) and isinstance(result.get("status"), str):
-        return result["status"]
-    return "done"
+    """Label used for the summary counts: a result's "status" (e.g. 'failed'), else 'done'."""
+    status = result.get("status") if isinstance(result, Mapping) else None
+    if isinstance(status, Status):
+        return status.label
+    return status if isinstance(status, str) else Status.DONE.label
 
 
 @dataclass
@@ -316,13 +318,13 @@ def _drive(
             future.release()
             label = outcome(result)
             summary.counts[label] += 1
-            if label == FAILED and isinstance(result, Mapping):
+            if label == Status.FAILED.label and isinstance(result, Mapping):
                 summary.failures.append((row, str(result.get("error", ""))))
             with stops.critical():
                 on_result(row, result)
                 summary.completed += 1
                 bar.update(1)
-                bar.set_postfix(failed=summary.counts[FAILED], refresh=False)
+                bar.set_postfix(failed=summary.counts[Status.FAILED.label], refresh=False)
             submit_next()
     except KeyboardInterrupt:
         summary.interrupted = True

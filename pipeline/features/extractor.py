@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,9 +22,11 @@ from extract.flow.stacks import FlowParams, flow_stacks
 from extract.logmel import SAMPLE_RATE, log_mel_patches
 from extract.video.audio import read_audio
 from extract.video.frames import DecodeLimits, read_gray_stacks, read_rgb
+from pipeline.profiles import MODALITY_DEFAULTS
+from pipeline.store.format import Status
 
-DONE, FAILED, ABSENT = "done", "failed", "absent"
-
+if TYPE_CHECKING:
+    import torch
 
 def decode_limits(limits: Mapping[str, Any]) -> DecodeLimits:
     """The profile's `limits:` section as the decoder's bounds.
@@ -46,6 +48,34 @@ def pick_evenly(count: int, wanted: int) -> np.ndarray:
     if count <= wanted:
         return np.arange(count)
     return ((np.arange(wanted) + 0.5) * count / wanted).astype(np.int64)
+
+
+def settings_from_record(recorded: Mapping[str, Mapping[str, Any]]
+                         ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The constructor's (modality settings, limits) from configs written by `config`.
+
+    Batch size is not recorded (it never changes a feature), so the profile default is used.
+    Every modality records the same profile limits; differing ones mean a hand-edited file.
+    """
+    modalities: dict[str, dict[str, Any]] = {}
+    limits: dict[str, Any] | None = None
+    for name, config in recorded.items():
+        if "backbone" not in config or "limits" not in config:
+            raise UserError(
+                f"the checkpoint does not record how its {name} features were extracted "
+                "(retrain it from a feature store made by this software)"
+            )
+        if name not in MODALITY_DEFAULTS:
+            raise UserError(f"the checkpoint uses an unknown modality '{name}'")
+        settings = {k: v for k, v in config.items() if k != "limits"}
+        settings["batch_size"] = MODALITY_DEFAULTS[name]["batch_size"]
+        modalities[name] = settings
+        if limits is not None and config["limits"] != limits:
+            raise UserError(f"the checkpoint records different decode limits for {name}")
+        limits = dict(config["limits"])
+    if limits is None:
+        raise UserError("the checkpoint records no modality to extract")
+    return modalities, limits
 
 
 class VideoFeatureExtractor:
@@ -84,6 +114,14 @@ class VideoFeatureExtractor:
             settings["params"] = self.flow_params.to_dict()
         return settings
 
+    @classmethod
+    def from_record(cls, recorded: Mapping[str, Mapping[str, Any]], device: str | torch.device
+                    ) -> VideoFeatureExtractor:
+        """The inverse of `config`: the extraction that recorded configs (a store's or a
+        checkpoint's) describe, with the same backbones (weights checksums checked)."""
+        modalities, limits = settings_from_record(recorded)
+        return cls(modalities, limits, str(device), recorded=recorded)
+
     def dim(self, name: str) -> int:
         return int(self.backbones[name].dim)
 
@@ -95,15 +133,15 @@ class VideoFeatureExtractor:
             try:
                 results[name] = getattr(self, f"_{name}")(Path(path))
             except UserError as exc:
-                results[name] = {"status": FAILED, "error": str(exc)}
+                results[name] = {"status": Status.FAILED, "error": str(exc)}
             except Exception as exc:  # one odd video must not stop a run of thousands
-                results[name] = {"status": FAILED, "error": f"{type(exc).__name__}: {exc}"}
+                results[name] = {"status": Status.FAILED, "error": f"{type(exc).__name__}: {exc}"}
         return results
 
     def _features(self, name: str, items: np.ndarray, times: np.ndarray) -> dict[str, Any]:
         batch = int(self.settings[name]["batch_size"])
         features = extract_batched(self.backbones[name], items, batch).astype(np.float16)
-        return {"status": DONE, "features": features, "mask": np.ones(len(features), bool),
+        return {"status": Status.DONE, "features": features, "mask": np.ones(len(features), bool),
                 "time": np.asarray(times, np.float32), "error": ""}
 
     def _rgb(self, path: Path) -> dict[str, Any]:
@@ -124,7 +162,7 @@ class VideoFeatureExtractor:
         s = self.settings["audio"]
         waveform = read_audio(path, SAMPLE_RATE, self._decode_limits)
         if waveform is None:
-            return {"status": ABSENT, "error": ""}
+            return {"status": Status.ABSENT, "error": ""}
         patches = log_mel_patches(waveform)
         chosen = pick_evenly(len(patches.patches), s["positions"])
         return self._features("audio", patches.patches[chosen], patches.times[chosen])

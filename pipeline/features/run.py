@@ -18,6 +18,7 @@ from extract.errors import UserError
 from pipeline.datasets.manifest import Manifest, load_manifest
 from pipeline.features.dask_runner import RunSummary, config_key, run_tasks, worker_cached
 from pipeline.features.extractor import VideoFeatureExtractor, pick_evenly
+from pipeline.profiles import default_profile_for, load_profile
 from pipeline.store.create import create_store
 from pipeline.store.feature_store import FeatureStore
 from pipeline.store.format import ModalitySpec
@@ -75,13 +76,20 @@ def open_or_create_store(out: Path, manifest: Manifest, videos: list[Any],
 
 
 def run_features(
-    *, kind: str, root: Path, profile: Mapping[str, Any], out: Path, dataset: str,
+    *, root: Path, out: Path, dataset: str, profile: Mapping[str, Any] | str | Path | None = None,
+    kind: str | None = None,
     splits_dir: Path | None = None, workers: int | None = None, scheduler: str | None = None,
     device: str = "auto", limit: int | None = None, overwrite: bool = False,
     progress: bool = True, flush_seconds: float = 30.0,
 ) -> FeaturesRun:
-    """Extract the features of every video of a dataset into `out`, resuming where it stopped."""
-    manifest = load_manifest(kind, root, splits_dir)
+    """Extract the features of every video of a dataset into `out`, resuming where it stopped.
+
+    `profile` is a loaded profile, a profile name or path, or None for the dataset's own
+    (configs/<dataset>.yaml, else the default); `kind` defaults to the profile's dataset.kind.
+    """
+    if not isinstance(profile, Mapping):
+        profile = load_profile(profile or default_profile_for(dataset))
+    manifest = load_manifest(kind or profile["dataset"]["kind"], root, splits_dir)
     manifest.dataset = dataset
     videos, missing = select_videos(manifest, limit)
     settings = {"modalities": profile["modalities"], "limits": profile["limits"],

@@ -30,13 +30,11 @@ from tqdm import tqdm
 from extract.device import resolve_device
 from extract.errors import UserError
 from model.network import AttentionClusterNet, probabilities
-from pipeline.features.extractor import DONE, VideoFeatureExtractor
-from pipeline.profiles import MODALITY_DEFAULTS
+from pipeline.features.extractor import VideoFeatureExtractor
+from pipeline.store.format import COMPLETE, Status
+from pipeline.store.rows import pad_row
 from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.train.runs import newest_checkpoint
-
-# Keys of a recorded modality config that are not constructor settings of the extractor.
-NOT_SETTINGS = ("limits",)
 
 
 @dataclass
@@ -78,48 +76,15 @@ class VideoFeatures:
     error: str | None = None
 
 
-def recorded_settings(content: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]],
-                                                           dict[str, Any]]:
-    """The extractor's constructor arguments (modality settings, limits) from a checkpoint.
-
-    Batch size is not recorded (it never changes a feature), so the profile default is used.
-    Every modality records the same profile limits; differing ones mean a hand-edited file.
-    """
-    modalities: dict[str, dict[str, Any]] = {}
-    limits: dict[str, Any] | None = None
-    for name in content["model_config"]["modalities"]:
-        recorded = content["modalities"].get(name) or {}
-        if "backbone" not in recorded or "limits" not in recorded:
-            raise UserError(
-                f"the checkpoint does not record how its {name} features were extracted "
-                "(retrain it from a feature store made by this software)"
-            )
-        if name not in MODALITY_DEFAULTS:
-            raise UserError(f"the checkpoint uses an unknown modality '{name}'")
-        settings = {k: v for k, v in recorded.items() if k not in NOT_SETTINGS}
-        settings["batch_size"] = MODALITY_DEFAULTS[name]["batch_size"]
-        modalities[name] = settings
-        if limits is not None and recorded["limits"] != limits:
-            raise UserError(f"the checkpoint records different decode limits for {name}")
-        limits = dict(recorded["limits"])
-    assert limits is not None  # model_config always has at least one modality
-    return modalities, limits
-
-
-def extractor_from_checkpoint(content: Mapping[str, Any], device: str | torch.device
-                              ) -> VideoFeatureExtractor:
-    """The extraction the checkpoint records, with backbones rebuilt (same weights checksum)."""
-    modalities, limits = recorded_settings(content)
-    return VideoFeatureExtractor(modalities, limits, str(device), recorded=content["modalities"])
-
-
 def load_classifier(checkpoint: str | Path, device: str = "auto") -> Classifier:
     """Load a checkpoint's network and rebuild its feature extraction, on `device`."""
     checkpoint = Path(checkpoint)
     content = load_checkpoint(checkpoint)
     torch_device = resolve_device(device)
     model = model_from_checkpoint(content, torch_device)
-    extractor = extractor_from_checkpoint(content, torch_device)
+    recorded = {name: content["modalities"].get(name) or {}
+                for name in content["model_config"]["modalities"]}
+    extractor = VideoFeatureExtractor.from_record(recorded, torch_device)
     lengths = {}
     for name, (width, _units) in content["model_config"]["modalities"].items():
         if extractor.dim(name) != int(width):
@@ -150,13 +115,13 @@ def extract_video(classifier: Classifier, path: Path) -> VideoFeatures:
     for name in first:
         with classifier.timed(name):
             results.update(classifier.extractor.extract(path, [name]))
-    if "rgb" in results and results["rgb"]["status"] != DONE:
+    if "rgb" in results and results["rgb"]["status"] != Status.DONE:
         return VideoFeatures(results, with_file_name(path, results["rgb"]["error"]))
     for name in modalities:
         if name not in results:
             with classifier.timed(name):
                 results.update(classifier.extractor.extract(path, [name]))
-    if not any(result["status"] == DONE for result in results.values()):
+    if not any(result["status"] == Status.DONE for result in results.values()):
         errors = [r["error"] for r in results.values() if r["error"]]
         reason = errors[0] if errors else f"no {' or '.join(modalities)} to classify (absent)"
         return VideoFeatures(results, with_file_name(path, reason))
@@ -166,22 +131,15 @@ def extract_video(classifier: Classifier, path: Path) -> VideoFeatures:
 def model_inputs(results: Mapping[str, Mapping[str, Any]], lengths: Mapping[str, int],
                  widths: Mapping[str, int], device: torch.device
                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """A batch of one video, laid out as a store row: float16 features zero-padded to L,
-    mask false on padding, present only for modalities that are done."""
+    """A batch of one video, laid out as its store row would be (`pad_row`): present only
+    for modalities that are done."""
     inputs = {}
     for name, length in lengths.items():
-        features = np.zeros((1, length, widths[name]), np.float16)
-        mask = np.zeros((1, length), bool)
-        result = results[name]
-        present = result["status"] == DONE
-        if present:
-            count = len(result["features"])
-            features[0, :count] = result["features"]
-            mask[0, :count] = result["mask"]
+        row = pad_row(results[name], length, widths[name])
         inputs[name] = (
-            torch.from_numpy(features).to(device).float(),
-            torch.from_numpy(mask).to(device),
-            torch.tensor([present], device=device),
+            torch.from_numpy(row.features[None]).to(device).float(),
+            torch.from_numpy(row.mask[None]).to(device),
+            torch.tensor([row.status == Status.DONE], device=device),
         )
     return inputs
 
@@ -207,7 +165,7 @@ def classify_one(classifier: Classifier, path: Path, top_k: int = 5,
                  explain: Path | None = None) -> dict[str, Any]:
     """One video's result dict (see classify_videos); raises nothing for a bad video."""
     features = extract_video(classifier, path)
-    statuses = {m: r["status"] for m, r in features.results.items()}
+    statuses = {m: Status(r["status"]).label for m, r in features.results.items()}
     if features.error is not None:
         return {"video": str(path), "top": [], "modalities": statuses, "error": features.error}
     with classifier.timed("model"):
@@ -218,7 +176,7 @@ def classify_one(classifier: Classifier, path: Path, top_k: int = 5,
         "modalities": statuses,
     }
     problems = {m: r["error"] for m, r in features.results.items() if r["status"] not in
-                (DONE, "absent")}
+                COMPLETE}
     if problems:
         result["modality_errors"] = problems
     if explain is not None:
@@ -296,8 +254,9 @@ def format_table(results: Sequence[Mapping[str, Any]]) -> str:
         for rank, entry in enumerate(result["top"], start=1):
             bar = "#" * round(20 * entry["prob"])
             lines.append(f"  {rank:>2}. {entry['label']:<{width}}  {entry['prob']:6.1%}  {bar}")
-        used = [m for m, s in result["modalities"].items() if s == DONE]
-        unused = [f"{m} {s}" for m, s in result["modalities"].items() if s != DONE]
+        done = Status.DONE.label
+        used = [m for m, s in result["modalities"].items() if s == done]
+        unused = [f"{m} {s}" for m, s in result["modalities"].items() if s != done]
         note = f"  modalities: {', '.join(used)}"
         if unused:
             note += f" (not used: {', '.join(unused)})"

@@ -27,7 +27,8 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from extract.errors import UserError  # noqa: E402
 from extract.logmel import PATCH_SECONDS  # noqa: E402
 from extract.video.frames import probe, read_rgb  # noqa: E402
-from pipeline.features.extractor import DONE, VideoFeatureExtractor, decode_limits, pick_evenly  # noqa: E402
+from pipeline.features.extractor import VideoFeatureExtractor, decode_limits, pick_evenly  # noqa: E402
+from pipeline.store.format import Status  # noqa: E402
 
 THUMB_SHORT_SIDE = 96  # pixels; small, decoded separately from the features
 MAX_THUMBNAILS = 16
@@ -45,7 +46,7 @@ def thumbnails(path: Path, extractor: VideoFeatureExtractor, results: Mapping[st
     chosen = pick_evenly(len(sampled.frames), MAX_THUMBNAILS)
     times = sampled.times[chosen]
     rgb = results.get("rgb", {})
-    if rgb.get("status") == DONE and len(rgb["time"]) == len(sampled.times):
+    if rgb.get("status") == Status.DONE and len(rgb["time"]) == len(sampled.times):
         times = np.asarray(rgb["time"])[chosen]
     return sampled.frames[chosen], np.asarray(times, np.float64)
 
@@ -122,10 +123,11 @@ def draw_heatmap(axes: Axes, name: str, weights: np.ndarray, times: np.ndarray, 
                     va="center", fontsize=8)
 
 
-def draw_missing(axes: Axes, name: str, status: str, error: str) -> None:
-    reason = "no audio track" if status == "absent" and name == "audio" else (error or status)
-    axes.text(0.5, 0.5, f"{name}: {status} ({reason[:120]}) - not used; the model took its "
-              "learned 'absent' input", transform=axes.transAxes, ha="center", va="center",
+def draw_missing(axes: Axes, name: str, status: Status, error: str) -> None:
+    absent_audio = status == Status.ABSENT and name == "audio"
+    reason = "no audio track" if absent_audio else (error or Status(status).label)
+    axes.text(0.5, 0.5, f"{name}: {Status(status).label} ({reason[:120]}) - not used; the model "
+              "took its learned 'absent' input", transform=axes.transAxes, ha="center", va="center",
               fontsize=9, color="dimgray")
     axes.set_yticks([])
     axes.set_facecolor("#f2f2f2")
@@ -136,7 +138,7 @@ def attended(features: Mapping[str, Mapping[str, Any]], attention: Mapping[str, 
     """Per modality that was used: display times (l,) and weights (N, l) of real positions."""
     views = {}
     for name, result in features.items():
-        if result["status"] != DONE:
+        if result["status"] != Status.DONE:
             continue
         mask = np.asarray(result["mask"], bool)
         times = display_times(name, np.asarray(result["time"], np.float64)[mask])

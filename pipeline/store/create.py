@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from pipeline.store.format import (
     Status,
     StoreError,
 )
+from pipeline.versions import STORE_PACKAGES, software_versions
 
 MAX_ROWS_PER_SHARD = 1024
 MIN_ROWS_PER_SHARD = 64
@@ -36,18 +35,6 @@ TARGET_SHARD_BYTES = 128 * 2**20
 TARGET_FEATURE_CHUNK_BYTES = 128 * 2**10
 MAX_FEATURE_CHUNK_ROWS = 16
 SMALL_CHUNK_ROWS = 64
-
-
-def software_versions() -> dict[str, str]:
-    """Versions that can change what gets stored, recorded so a store explains itself."""
-    versions = {"python": sys.version.split()[0]}
-    for package in ("attention-clusters", "zarr", "numpy", "torch", "torchvision", "av",
-                    "opencv-contrib-python-headless", "librosa"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 def rows_per_shard(row_bytes: int) -> int:
@@ -224,7 +211,7 @@ def _create_new(path: Path, *, dataset: str, task: str, classes: Sequence[str],
     group.attrs.update({
         "dataset": dataset, "task": task, "classes": list(classes),
         "modalities": {name: spec.config for name, spec in modalities.items()},
-        "software": software_versions(),
+        "software": software_versions(STORE_PACKAGES),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
     })

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from pipeline.datasets.generated.flash_mnist import CLASSES, DIGITS, FRAMES
 from pipeline.store.create import create_store
 from pipeline.store.feature_store import FeatureStore
-from pipeline.store.format import ModalitySpec, Split
+from pipeline.store.format import ModalitySpec, Split, Status
 from pipeline.study.lenet import FEATURE_DIM, LeNet
 
 MODALITY = "digits"
@@ -101,7 +101,7 @@ def write_flash_features(
         frames = read_frames(dataset, n_train, start, stop)
         features = frame_features(model, frames, device)
         results = [
-            {MODALITY: {"features": row, "time": times, "status": "done"}} for row in features
+            {MODALITY: {"features": row, "time": times, "status": Status.DONE}} for row in features
         ]
         store.write_rows(range(start, stop), results)
     return store

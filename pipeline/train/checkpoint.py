@@ -7,7 +7,6 @@ file (a pickled object, a truncated archive, a newer format) is refused with a U
 
 from __future__ import annotations
 
-import platform
 import re
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,11 @@ import torch
 from extract.errors import UserError
 from model.network import AttentionClusterNet
 from pipeline.atomic import write_atomic
+from pipeline.versions import CHECKPOINT_PACKAGES, software_versions
 
 CHECKPOINT_FORMAT = "attention-clusters-checkpoint"
 CHECKPOINT_VERSION = 1
 REQUIRED_KEYS = ("model_config", "state_dict", "classes", "task", "modalities")
-
-
-def software_versions() -> dict[str, str]:
-    """Versions that decide whether a checkpoint reproduces: python, torch, numpy."""
-    return {
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),
-        "numpy": str(np.__version__),
-    }
 
 
 def to_plain(value: Any) -> Any:
@@ -63,7 +54,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
         {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_VERSION,
-            "software": software_versions(),
+            "software": software_versions(CHECKPOINT_PACKAGES),
             **payload,
             "state_dict": {k: v.detach().cpu() for k, v in payload["state_dict"].items()},
         }

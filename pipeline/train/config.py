@@ -58,7 +58,13 @@ class TrainConfig:
         return config
 
     def validate(self) -> None:
-        """One clear line for an impossible setting."""
+        """One clear line for an impossible setting (or one of the wrong type)."""
+        try:
+            self._check_values()
+        except (TypeError, AttributeError) as exc:  # e.g. epochs: "ten", clusters: [8, 8]
+            raise UserError(f"training config: a setting has the wrong type ({exc})") from None
+
+    def _check_values(self) -> None:
         checks = [
             (self.unit in UNIT_KINDS, f"unit must be one of {', '.join(UNIT_KINDS)}"),
             (self.head in HEADS, f"head must be one of {', '.join(HEADS)}"),

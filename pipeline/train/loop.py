@@ -45,6 +45,7 @@ class TrainResult:
 
     out_dir: Path
     checkpoint: Path
+    split: int
     best_epoch: int
     best_metrics: dict[str, float]
     history: list[dict[str, Any]]
@@ -56,6 +57,7 @@ class TrainResult:
         return {
             "out_dir": str(self.out_dir),
             "checkpoint": str(self.checkpoint),
+            "split": self.split,
             "best_epoch": self.best_epoch,
             "best": self.best_metrics,
             "excluded": self.excluded,
@@ -230,6 +232,7 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig) -> TrainR
     return TrainResult(
         out_dir=out_dir,
         checkpoint=checkpoint_path,
+        split=config.split,
         best_epoch=best_epoch,
         best_metrics=history[best_epoch - 1]["val"],
         history=history,
