@@ -1,4 +1,4 @@
-"""Command-line entry point: data, features, store, train, evaluate, classify.
+"""Command-line entry point: data, features, store, train, evaluate, classify, reproduce.
 
 Every command turns `UserError` into one line on stderr and exit code 1, so a user mistake
 never shows a traceback. Heavy imports (torch, dask) happen inside the commands that need
