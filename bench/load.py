@@ -31,6 +31,7 @@ import zarr
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pipeline.store.format import Status  # noqa: E402
 from tests.hostile import clip_dataset  # noqa: E402
 from tests.profiles import CHEAP_PROFILE  # noqa: E402
 
@@ -56,7 +57,7 @@ def tree_rss(process: psutil.Process) -> tuple[int, int]:
 def rows_written(store: Path) -> int:
     """Rows with an rgb status; a shard replaced mid-read (RuntimeError) counts as unknown."""
     try:
-        return int((zarr.open_group(store, mode="r")["rgb/status"][:] != 0).sum())
+        return int((zarr.open_group(store, mode="r")["rgb/status"][:] != Status.PENDING).sum())
     except (KeyError, ValueError, FileNotFoundError, RuntimeError):
         return -1
 

@@ -34,6 +34,7 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipeline.store.format import FORMAT_NAME, FORMAT_VERSION, Split, Status  # noqa: E402
 from pipeline.train.config import TrainConfig  # noqa: E402
 from pipeline.train.data import load_split  # noqa: E402
 from pipeline.train.loop import build_model, train_epoch  # noqa: E402
@@ -50,8 +51,8 @@ def write_store(path: Path, videos: int, seed: int = 0) -> None:
     root = zarr.open_group(str(path), mode="w")
     root.attrs.update(
         {
-            "format": "attention-clusters-features",
-            "format_version": 1,
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
             "dataset": "bench-ucf101",
             "task": "single",
             "classes": [f"class_{c:03d}" for c in range(CLASSES)],
@@ -68,7 +69,7 @@ def write_store(path: Path, videos: int, seed: int = 0) -> None:
         [f"v{i:05d}.mp4" for i in range(videos)], dtype=object
     )
     group.create_array("label", shape=(videos,), dtype="int32", chunks=(4096,))[:] = labels
-    split = np.where(rng.random((videos, 3)) < 0.7, 1, 2).astype(np.uint8)
+    split = np.where(rng.random((videos, 3)) < 0.7, Split.TRAIN, Split.TEST).astype(np.uint8)
     group.create_array("split", shape=(videos, 3), dtype="uint8", chunks=(4096, 3))[:] = split
     for name, (length, dim) in MODALITIES.items():
         modality = root.create_group(name)
@@ -93,7 +94,8 @@ def write_store(path: Path, videos: int, seed: int = 0) -> None:
         modality.create_array("error", shape=(videos,), dtype=str, chunks=(4096,))[:] = np.full(
             videos, "", dtype=object
         )
-        modality.create_array("status", shape=(videos,), dtype="uint8", chunks=(4096,))[:] = 1
+        modality.create_array("status", shape=(videos,), dtype="uint8", chunks=(4096,))[:] = (
+            Status.DONE)
 
 
 def matmul_gflops(seconds: float = 1.0) -> float:
