@@ -2,14 +2,14 @@
 
 Setup (not timed): a temp dir with the generated toy dataset (12 clips), its features with
 configs/toy.yaml and a 1-epoch checkpoint; then the benchmark clip (10 s, 25 fps, 320x240, a
-moving disc over noise, a 440 Hz tone) written with extract/encode.write_video.
+moving disc over noise, a 440 Hz tone) written with extract/video/encode.write_video.
 Timed: loading the checkpoint and rebuilding its extraction (`load_seconds`); the first video
 (`first_video_seconds`, includes one-off costs such as TV-L1 compilation); then `--repeats`
 runs of the same video, whose median gives `total_seconds` and `stage_seconds`:
 decode (RGB frames + grey flow stacks), flow (TV-L1 + quantisation), cnn (RGB and flow
 backbones), audio (decode + log-mel + audio backbone), model (attention clusters + head);
 `explain_seconds` is one `--explain` picture. Stages are timed by wrapping the functions
-pipeline/extraction.py calls, so the code measured is the code `classify` runs.
+pipeline/features/extractor.py calls, so the code measured is the code `classify` runs.
 
 Usage: .venv/bin/python bench/classify.py [--json] [--repeats N] [--device auto|cpu|cuda]
 """
@@ -44,7 +44,7 @@ from pipeline.train.config import TrainConfig  # noqa: E402
 from pipeline.train.loop import train  # noqa: E402
 
 SIZE, SECONDS, FPS, SAMPLE_RATE = (320, 240), 10.0, 25.0, 16000
-# (function name in pipeline/extraction.py, stage); extract_batched is split by modality.
+# (function name in pipeline/features/extractor.py, stage); extract_batched is split by modality.
 WRAPPED = {"read_rgb": "decode", "read_gray_stacks": "decode", "flow_stacks": "flow",
            "read_audio": "audio", "log_mel_patches": "audio"}
 

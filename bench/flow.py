@@ -2,7 +2,7 @@
 
 Prints one JSON object (``--json``) with pairs/s and mean end-point error per backend, measured
 in one process with the backends alternating round by round (the machine is shared: alternation
-makes the ratios fair), medians over rounds. Ground truth: extract/flow_truth.py (16 pairs, real
+makes the ratios fair), medians over rounds. Ground truth: extract/flow/truth.py (16 pairs, real
 photographs moved by translations, rotations, zooms and smooth random fields).
 
     .venv/bin/python bench/flow.py --json [--rounds 3] [--threads N] [--cuda-batch 256]

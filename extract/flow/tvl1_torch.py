@@ -225,7 +225,8 @@ def compile_wanted(compile: bool | None, device: torch.device) -> bool:
     """Explicit choice, else AC_FLOW_COMPILE=0/1, else compile on CUDA only.
 
     On CPU, compiling costs 35 s to 5 minutes per worker process (then cached on disk) for a
-    1.8x gain at 340x256, which only pays over long runs: opt in with AC_FLOW_COMPILE=1.
+    3.2x gain at 340x256 (4.75 vs 1.47 pairs/s, docs/benchmarks.md), which only pays over long
+    runs: opt in with AC_FLOW_COMPILE=1.
     """
     if compile is not None:
         return compile

@@ -5,7 +5,7 @@
   the short side is `resize_short`, then centre-cropped.
 - `read_gray_stacks` returns K stacks of M consecutive grey frames for optical flow.
 
-Sampling rules (see extract/video_sampler.py for how frames are fetched):
+Sampling rules (see extract/video/sampler.py for how frames are fetched):
 - the frame for a time t is the frame whose presentation interval contains t; a video with
   fewer frames than K repeats frames; `times` are the chosen frames' presentation times in
   seconds from the stream's start.

@@ -1,7 +1,7 @@
 """Dataset manifests: which videos a dataset has, their labels and official split membership.
 
 `load_manifest(kind, root, splits_dir)` dispatches to one adapter per dataset layout
-(`manifests_ucf101`, `manifests_hmdb51`, `manifests_kinetics`, `manifests_folder`); other
+(`ucf101`, `hmdb51`, `kinetics`, `folder` in this package); other
 modules plug more datasets in by adding to `ADAPTERS`. `validate_command` is what
 `cli.py data validate` prints and exits on.
 """
