@@ -56,10 +56,10 @@ reproduce: $(STAMP)
 
 ## test: the CPU test suite (fast cases; `make test-all` adds the heavy ones, marked slow)
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --durations=15
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --durations=15
 
 ## test-all: what CI runs: the fast suite, then the heavy cases (more kill -9 trials, compiled flow)
 test-all: test test-slow

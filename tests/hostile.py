@@ -4,8 +4,8 @@ Each function writes one file (or link, or folder) at the path it is given and r
 path, so a test can put any mix of them into a dataset layout. Everything is generated offline
 in a few seconds: tiny clips from tests/synth_video.py, then cut, patched or mislabelled.
 
-`HOSTILE` lists every case with what `features` must make of it; tests/test_hostile.py runs a
-dataset of all of them and docs/reliability.md reports the counts.
+`HOSTILE` lists every case with what `features` must make of it; tests/system/test_hostile_cli.py
+runs a dataset of all of them and docs/reliability.md reports the counts.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Kill -9 a command's whole process group (client and Dask workers) at a chosen moment."""
+"""For tests that run the project's commands as processes: where cli.py is, and kill -9 of a
+command's whole process group (client and Dask workers) at a chosen moment."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent  # the project folder, holding cli.py
 
 
 def kill_group_when(command: list[str], cwd: Path, ready: Callable[[], bool], *,

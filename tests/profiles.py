@@ -33,3 +33,21 @@ modalities:
     backbone: {name: efficientnet_lite0}
   audio: {positions: 3, backbone: {name: logmel}}
 """
+
+# The hostile-inputs profile: CHEAP_PROFILE's DIS flow (flow sees fixed-size frames whatever
+# the file, and DIS skips the torch TV-L1 compile, ~30 s per worker here) with
+# max_seconds 20, which keeps the 3-hour file cheap, and a decode timeout of 120 s.
+HOSTILE_MAX_SECONDS = 20
+HOSTILE_PROFILE = f"""
+dataset: {{kind: folder}}
+limits: {{max_seconds: {HOSTILE_MAX_SECONDS}, timeout_s: 120}}
+modalities:
+  rgb: {{positions: 3, resize_short: 64, crop: 56, backbone: {{name: efficientnet_lite0}}}}
+  flow:
+    positions: 2
+    frames_per_stack: 3
+    size: [64, 48]
+    backend: dis
+    backbone: {{name: efficientnet_lite0}}
+  audio: {{positions: 3, backbone: {{name: logmel}}}}
+"""

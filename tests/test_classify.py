@@ -1,5 +1,6 @@
-"""`classify` end to end: a tiny real store and checkpoint, then videos through the recorded
-extraction and the model; bad videos and bad checkpoints as one clear UserError each."""
+"""`classify` end to end: a tiny real store and checkpoint (the session's, tests/conftest.py),
+then videos through the recorded extraction and the model; bad videos and bad checkpoints as
+one clear UserError each."""
 
 from __future__ import annotations
 
@@ -16,43 +17,30 @@ import pipeline.features.extractor as extraction
 import pipeline.inference.classify as classify
 from extract.errors import UserError
 from model.network import probabilities
-from pipeline.datasets.generated.toy import generate_toy
 from pipeline.features.extractor import settings_from_record
-from pipeline.features.run import run_features
 from pipeline.profiles import load_profile
 from pipeline.store.feature_store import open_store
 from pipeline.store.format import Status
 from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint
-from pipeline.train.config import TrainConfig
-from pipeline.train.loop import train
-from tests.profiles import TINY_PROFILE
 from tests.synth_video import make_clip
 
-PROFILE = TINY_PROFILE
 MODALITIES = ("rgb", "flow", "audio")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def eager_flow() -> Iterator[None]:
-    """Eager TV-L1 (no compile time for tiny inputs), also in the Dask workers it starts."""
+    """Eager TV-L1 (no compile time for tiny inputs) in classify, like the shared store's."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AC_FLOW_COMPILE", "0")
         yield
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """(toy root, store, checkpoint): 12 toy clips (4 silent), features, 2 epochs."""
-    base = tmp_path_factory.mktemp("classify")
-    root = generate_toy(base / "toy", seed=3, videos=12, progress=False)
-    profile = base / "tiny.yaml"
-    profile.write_text(PROFILE)
-    store = base / "toy.zarr"
-    run_features(kind="ucf101", root=root, profile=load_profile(profile), out=store,
-                 dataset="toy", workers=1, device="cpu", progress=False)
-    config = TrainConfig(epochs=2, batch_size=4, clusters={m: 4 for m in MODALITIES},
-                         device="cpu", progress=False)
-    return root, store, train(store, base / "run", config).checkpoint
+def trained(toy_dataset: tuple[Path, Path], toy_store: Path,
+            toy_checkpoint: Path) -> tuple[Path, Path, Path]:
+    """(toy root, store, checkpoint): tests/conftest.py's 12 toy clips (4 silent) plus a
+    corrupt one, their features, 2 epochs."""
+    return toy_dataset[0], toy_store, toy_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +72,10 @@ def test_features_equal_the_store(trained, classifier: classify.Classifier) -> N
             np.testing.assert_array_equal(result["time"], times[:count])
 
 
-def test_recorded_settings_rebuild_the_profile(trained) -> None:
+def test_recorded_settings_rebuild_the_profile(trained, toy_dataset) -> None:
     content = load_checkpoint(trained[2])
     settings, limits = settings_from_record(content["modalities"])
-    profile = load_profile(trained[0].parent / "tiny.yaml")
+    profile = load_profile(toy_dataset[1])
     assert limits == {k: profile["limits"][k] for k in ("max_seconds", "max_pixels")}
     for name in MODALITIES:
         for key, value in profile["modalities"][name].items():

@@ -1,11 +1,11 @@
-"""The Flash-MNIST reproduction chain on a tiny set: data -> LeNet -> store -> grid -> docs."""
+"""The Flash-MNIST reproduction chain on a tiny set: data -> LeNet -> store -> grid -> docs.
+
+`cli.py reproduce` as a process (help, a bad value in one line): tests/system/test_cli.py.
+"""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -30,7 +30,6 @@ from pipeline.study.settings import (
     settings_from_options,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = Schedule("tiny", per_class_train=1, per_class_test=1, epochs=1, lr=1e-2, hidden=8,
                 lenet_steps=40, lenet_batch=64)
 
@@ -153,29 +152,3 @@ def test_grid_and_options() -> None:
         settings_from_options(lr=-1e-3)
     with pytest.raises(UserError, match="--source"):
         settings_from_options(source="emnist")
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-
-
-def test_cli_reproduce_has_help() -> None:
-    result = cli("reproduce", "--help")
-    assert result.returncode == 0 and "Usage:" in result.stdout
-    for option in ("--full", "--per-class-train", "--sizes", "--units", "--no-progress"):
-        assert option in result.stdout
-
-
-@pytest.mark.parametrize(("args", "expected"), [
-    (["--sizes", "0,x"], "--sizes must be whole numbers, got '0,x'"),
-    (["--epochs", "0"], "--epochs must be positive, got 0"),
-])
-def test_cli_reproduce_refuses_a_bad_value_in_one_line(tmp_path: Path, args: list[str],
-                                                      expected: str) -> None:
-    result = cli("reproduce", *args, "--data-dir", str(tmp_path / "data"),
-                 "--runs-dir", str(tmp_path / "runs"), "--docs-dir", str(tmp_path / "docs"))
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [f"error: {expected}"]
-    assert not any(tmp_path.iterdir())  # refused before anything was written

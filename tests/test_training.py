@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from fake_store import make_store
 
 import pipeline.train.data as train_data
 from extract.errors import UserError
@@ -22,6 +21,7 @@ from pipeline.train.config import TrainConfig
 from pipeline.train.data import load_part, load_split
 from pipeline.train.evaluate import evaluate, evaluate_splits
 from pipeline.train.loop import train
+from tests.fake_store import make_store
 
 SMALL = {"rgb": 3, "audio": 2}
 

@@ -26,10 +26,9 @@ from pipeline.profiles import load_profile
 from pipeline.store.create import partial_path
 from pipeline.store.format import Status
 from tests.hostile import clip_dataset
-from tests.processes import kill_group_when
+from tests.processes import ROOT, kill_group_when
 from tests.profiles import CHEAP_PROFILE
 
-ROOT = Path(__file__).resolve().parent.parent
 MODALITIES = ("rgb", "flow", "audio")
 FIELDS = ("features", "mask", "time", "status", "error")
 VIDEOS = 12

@@ -21,9 +21,9 @@ import zarr
 from pipeline.store.feature_store import open_store
 from pipeline.store.format import Status
 from tests.hostile import clip_dataset
+from tests.processes import ROOT
 from tests.profiles import CHEAP_PROFILE
 
-ROOT = Path(__file__).resolve().parent.parent
 MODALITIES = ("rgb", "flow", "audio")
 FIELDS = ("features", "mask", "time", "status", "error")
 VIDEOS = 6

@@ -26,9 +26,9 @@ from pipeline.features.run import run_features
 from pipeline.profiles import load_profile
 from pipeline.store.format import Status
 from tests.hostile import clip_dataset
+from tests.processes import ROOT
 from tests.profiles import CHEAP_PROFILE
 
-ROOT = Path(__file__).resolve().parent.parent
 DASK = Path(sys.executable).with_name("dask")
 MODALITIES = ("rgb", "flow", "audio")
 FIELDS = ("features", "mask", "time", "status", "error")

@@ -1,4 +1,5 @@
-"""The CLI as a user meets it: help everywhere, one clear line and exit 1 for mistakes."""
+"""The CLI as a user meets it, as a process: help everywhere, one clear line on stderr and
+exit 1 for mistakes (2 for a bad option), never a traceback; `reproduce` included."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.processes import ROOT
 
 
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -37,11 +38,8 @@ def test_missing_dataset_root(tmp_path: Path) -> None:
                           "nope")
 
 
-def test_validate_accepts_a_generated_toy_set(tmp_path: Path) -> None:
-    from pipeline.datasets.generated.toy import generate_toy
-
-    root = generate_toy(tmp_path / "toy", videos=12, progress=False)
-    result = cli("data", "validate", "ucf101", "--root", str(root))
+def test_validate_accepts_a_generated_toy_set(toy_videos: Path) -> None:
+    result = cli("data", "validate", "ucf101", "--root", str(toy_videos))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "12 classes" in result.stdout or "classes: 12" in result.stdout
 
@@ -85,3 +83,24 @@ def test_bad_option_value_is_a_usage_error() -> None:
     result = cli("features", "toy", "--workers", "0")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--workers" in result.stderr
+
+
+def test_cli_reproduce_has_help() -> None:
+    result = cli("reproduce", "--help")
+    assert result.returncode == 0 and "Usage:" in result.stdout
+    for option in ("--full", "--per-class-train", "--sizes", "--units", "--no-progress"):
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--sizes", "0,x"], "--sizes must be whole numbers, got '0,x'"),
+    (["--epochs", "0"], "--epochs must be positive, got 0"),
+])
+def test_cli_reproduce_refuses_a_bad_value_in_one_line(tmp_path: Path, args: list[str],
+                                                      expected: str) -> None:
+    result = cli("reproduce", *args, "--data-dir", str(tmp_path / "data"),
+                 "--runs-dir", str(tmp_path / "runs"), "--docs-dir", str(tmp_path / "docs"))
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {expected}"]
+    assert not any(tmp_path.iterdir())  # refused before anything was written
