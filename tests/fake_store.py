@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from pipeline.store.format import Split, Status
+from pipeline.store.format import FORMAT_NAME, FORMAT_VERSION, Split, Status
 
 
 def make_store(
@@ -37,8 +37,8 @@ def make_store(
     root = zarr.open_group(str(path), mode="w")
     root.attrs.update(
         {
-            "format": "attention-clusters-features",
-            "format_version": 1,
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
             "dataset": "fake",
             "task": task,
             "classes": class_names,

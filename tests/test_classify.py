@@ -99,7 +99,7 @@ def test_probabilities_match_the_model_on_the_store_row(trained) -> None:
     for name in MODALITIES:
         features, mask, _, status = store.read(name, [row])
         inputs[name] = (torch.from_numpy(features.astype(np.float32)), torch.from_numpy(mask),
-                        torch.from_numpy(status == 1))
+                        torch.from_numpy(status == Status.DONE))
     with torch.inference_mode():
         logits, _ = model_from_checkpoint(content, torch.device("cpu"))(inputs)
     expected = probabilities(logits, "single")[0].numpy()

@@ -18,6 +18,7 @@ from pipeline.datasets.generated.toy import factors_of
 from pipeline.features.run import run_features
 from pipeline.profiles import load_profile
 from pipeline.store.feature_store import open_store
+from pipeline.store.format import Status
 
 
 def test_store_holds_every_video_with_plain_zarr(toy_store: Path) -> None:
@@ -44,15 +45,15 @@ def test_statuses_masks_and_times(toy_store: Path) -> None:
     broken = store.ids.index("RedLeftLow/v_RedLeftLow_g01_c99.mp4")
     for name in ("rgb", "flow", "audio"):
         features, mask, times, status = store.read(name)
-        assert status[broken] == 2, f"{name} of the corrupt file is not failed"
+        assert status[broken] == Status.FAILED, f"{name} of the corrupt file is not failed"
         assert "v_RedLeftLow_g01_c99.mp4" in str(store.errors(name)[broken])
         good = [r for r in range(store.n) if r != broken]
         sound = {r: factors_of(store.ids[r].split("/")[0])[2] for r in good}
         for row in good:
             if name == "audio" and sound[row] == "Silent":
-                assert status[row] == 3 and not mask[row].any()
+                assert status[row] == Status.ABSENT and not mask[row].any()
                 continue
-            assert status[row] == 1, f"{name} {store.ids[row]}: {store.errors(name)[row]}"
+            assert status[row] == Status.DONE, f"{name} {store.ids[row]}: {store.errors(name)[row]}"
             assert mask[row].any()
             assert np.isfinite(features[row][mask[row]].astype(np.float32)).all()
             assert np.abs(features[row][mask[row]]).sum() > 0

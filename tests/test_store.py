@@ -96,14 +96,14 @@ def test_plain_zarr_reads_the_layout(tmp_path):
                                   expected["features"].astype(np.float16))
     np.testing.assert_array_equal(rgb["mask"][3], [False] * 4)  # pending: all padding
     status = rgb["status"][:]
-    assert status[2] == Status.DONE and status[1] == Status.FAILED and status[3] == 0
+    assert status[2] == Status.DONE and status[1] == Status.FAILED and status[3] == Status.PENDING
     assert str(rgb["error"][1]) == "DecodeError: broken" and str(rgb["error"][2]) == ""
     # A row with one position fewer is padded: mask false, features zero there.
     odd = fake_result(5, store)["flow"]["features"].shape[0]
     write_all(store, [5])
     assert group["flow/mask"][5].tolist() == [True] * odd + [False] * (3 - odd)
     assert not group["flow/features"][5, odd:].any()
-    assert group["audio/status"][3] == 0 and store.status("audio")[4] == Status.DONE
+    assert group["audio/status"][3] == Status.PENDING and store.status("audio")[4] == Status.DONE
 
 
 def test_read_returns_what_was_written(tmp_path):

@@ -14,6 +14,7 @@ import zarr
 
 from pipeline.features.run import run_features
 from pipeline.profiles import load_profile
+from pipeline.store.format import Status
 from tests.processes import ROOT, kill_group_when
 
 FIELDS = ("features", "mask", "time", "status", "error")
@@ -65,7 +66,7 @@ def test_killed_run_resumes_to_the_identical_store(toy_dataset: tuple[Path, Path
 def rows_done(out: Path) -> int:
     """Rows with rgb done, read while `features` may be writing the store."""
     try:
-        return int((zarr.open_group(out, mode="r")["rgb/status"][:] == 1).sum())
+        return int((zarr.open_group(out, mode="r")["rgb/status"][:] == Status.DONE).sum())
     except (KeyError, FileNotFoundError, RuntimeError, ValueError):
         return 0  # not created yet, or a shard replaced between two reads
 
@@ -73,4 +74,4 @@ def rows_done(out: Path) -> int:
 def kill_after_three_rows(command: list[str], out: Path) -> int:
     """Run `command`, SIGKILL its whole process group once 3 rows are done; rows done then."""
     kill_group_when(command, ROOT, lambda: rows_done(out) >= 3, timeout_s=180, poll_s=0.1)
-    return int((zarr.open_group(out, mode="r")["rgb/status"][:] == 1).sum())
+    return int((zarr.open_group(out, mode="r")["rgb/status"][:] == Status.DONE).sum())
