@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from extract.errors import UserError
+from pipeline.atomic import json_text
 from pipeline.datasets.obtain import GENERATED
 
 DATASET = os.environ.get("DATASET", "toy")
@@ -113,8 +114,6 @@ def features(dataset: str, root: Path | None, config: str | None, kind: str | No
 
     Rerunning the same command resumes: finished videos are not recomputed.
     """
-    import json
-
     from pipeline.features.dask_runner import format_run_summary
     from pipeline.features.run import run_features
     from pipeline.store.summary import format_summary, summarize
@@ -133,7 +132,7 @@ def features(dataset: str, root: Path | None, config: str | None, kind: str | No
     if result.skipped_unsafe:
         click.echo(f"note: {result.skipped_unsafe} list entries lead outside {root} and were "
                    f"not read (`cli.py data validate` lists them)", err=True)
-    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+    click.echo(json_text(summary) if as_json else format_summary(summary))
     if result.run.interrupted:
         sys.exit(130)
     failed = sum(m["counts"]["failed"] for m in summary["modalities"].values())
@@ -152,12 +151,10 @@ def store() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def store_info(path: Path, as_json: bool) -> None:
     """Counts per modality and status, failures with their errors, the extraction config."""
-    import json
-
     from pipeline.store.summary import format_summary, read_summary
 
     summary = read_summary(path)
-    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+    click.echo(json_text(summary) if as_json else format_summary(summary))
 
 
 def _store_for(dataset: str, store_path: Path | None) -> Path:
@@ -186,8 +183,6 @@ def train(dataset: str, store_path: Path | None, out: Path | None, split: str,
           modalities: str | None, seed: int | None, config: str | None, device: str,
           as_json: bool) -> None:
     """Train the Attention Clusters classifier on a feature store."""
-    import json
-
     from pipeline.train.splits import train_splits
 
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
@@ -199,7 +194,7 @@ def train(dataset: str, store_path: Path | None, out: Path | None, split: str,
                            out)
     if as_json:
         payload = [result.to_json() for result in results]
-        click.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
+        click.echo(json_text(payload[0] if len(payload) == 1 else payload))
         return
     for result in results:
         best = result.best_metrics
@@ -224,14 +219,12 @@ def train(dataset: str, store_path: Path | None, out: Path | None, split: str,
 def evaluate(dataset: str, checkpoint: Path | None, store_path: Path | None, split: str | None,
              per_class: Path | None, device: str, as_json: bool) -> None:
     """Test metrics of a checkpoint: top-1/top-5/mean class accuracy, or mAP/GAP/Hit@1/PERR."""
-    import json
-
     from pipeline.train.splits import evaluate_dataset
 
     metrics = evaluate_dataset(dataset, _store_for(dataset, store_path), checkpoint, split,
                                device=device, per_class_csv=per_class)
     if as_json:
-        click.echo(json.dumps(metrics, indent=2))
+        click.echo(json_text(metrics))
     elif "mean" in metrics:
         click.echo(_metrics_line(metrics["mean"], "mean"))
     else:
@@ -253,13 +246,11 @@ def evaluate(dataset: str, checkpoint: Path | None, store_path: Path | None, spl
 def classify(videos: tuple[Path, ...], dataset: str, checkpoint: Path | None, top_k: int,
              device: str, explain: Path | None, as_json: bool) -> None:
     """Classify videos with a trained checkpoint; --explain shows the moments that decided it."""
-    import json
-
     from pipeline.inference.classify import classify_videos, format_table
 
     results = classify_videos(list(videos), checkpoint, top_k=top_k, device=device,
                               explain=explain, progress=not as_json, dataset=dataset)
-    click.echo(json.dumps(results, indent=2) if as_json else format_table(results))
+    click.echo(json_text(results) if as_json else format_table(results))
     if any("error" in result for result in results):
         sys.exit(1)
 

@@ -1,4 +1,5 @@
-"""Files that a reader must never see half-written: checkpoints, metrics and result JSON.
+"""Files that a reader must never see half-written (checkpoints, metrics, result JSON), and
+JSON that every reader can parse.
 
 Written to a temp file in the same folder, flushed to disk, then renamed over the target: a
 crash mid-write leaves the previous file intact, and a reader sees the old or the new one.
@@ -7,6 +8,7 @@ crash mid-write leaves the previous file intact, and a reader sees the old or th
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -31,7 +33,24 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     return path
 
 
+def finite(content: Any) -> Any:
+    """`content` with NaN and infinities as None: JSON has no such numbers, and Python's
+    `json` would write the invalid tokens NaN / Infinity that other readers refuse."""
+    if isinstance(content, float):
+        return content if math.isfinite(content) else None
+    if isinstance(content, dict):
+        return {key: finite(value) for key, value in content.items()}
+    if isinstance(content, list | tuple):
+        return [finite(value) for value in content]
+    return content
+
+
+def json_text(content: Any) -> str:
+    """Indented, valid JSON (non-finite numbers as null), as `--json` prints it."""
+    return json.dumps(finite(content), indent=2, allow_nan=False)
+
+
 def write_json_atomic(path: str | Path, content: Any) -> Path:
     """`content` as indented JSON, atomically (metrics.json is rewritten every epoch)."""
-    data = json.dumps(content, indent=2).encode()
+    data = json_text(content).encode()
     return write_atomic(path, lambda stream: stream.write(data))

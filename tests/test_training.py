@@ -15,6 +15,7 @@ import zarr
 
 import pipeline.train.data as train_data
 from extract.errors import UserError
+from pipeline.atomic import json_text, write_json_atomic
 from pipeline.store.format import Split, Status
 from pipeline.train.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from pipeline.train.config import TrainConfig
@@ -147,9 +148,41 @@ def test_missing_or_foreign_store(tmp_path: Path) -> None:
 
 
 def test_no_training_rows(tmp_path: Path) -> None:
-    path = make_store(tmp_path / "failed.zarr", n=20, statuses={"rgb": dict.fromkeys(range(20), 2)})
+    failed = dict.fromkeys(range(20), Status.FAILED)
+    path = make_store(tmp_path / "failed.zarr", n=20, statuses={"rgb": failed})
     with pytest.raises(UserError, match=r"no usable training rows.*failed"):
         load_split(path, modalities=["rgb"])
+
+
+def test_one_class_is_refused_not_reported_as_100_percent(tmp_path: Path) -> None:
+    path = make_store(tmp_path / "one.zarr", n=40, classes=1)
+    with pytest.raises(UserError, match="training rows of 1 class only: .*at least two"):
+        train(path, tmp_path / "run", quick_config(epochs=1))
+    assert not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_a_diverging_run_stops_with_one_line_and_no_checkpoint(store: Path, tmp_path: Path
+                                                              ) -> None:
+    """A learning rate of 1e30 overflows the weights within a few steps: the run must stop on
+    the first non-finite loss, say so, and leave no checkpoint that would crash classify."""
+    run = tmp_path / "diverged"
+    with pytest.raises(UserError, match=r"training diverged in epoch \d+: the loss became"):
+        train(store, run, quick_config(lr=1e30, epochs=3))
+    assert not (run / "best.pt").exists()
+
+
+@pytest.mark.parametrize("lr", [float("inf"), float("nan"), 0.0])
+def test_impossible_learning_rates_are_refused(lr: float) -> None:
+    with pytest.raises(UserError, match="lr must be a positive, finite number"):
+        quick_config(lr=lr)
+
+
+def test_json_output_never_holds_nan(tmp_path: Path) -> None:
+    content = {"loss": float("nan"), "epochs": [{"val": {"top1": float("inf")}}], "n": 3}
+    assert json.loads(json_text(content)) == {"loss": None, "epochs": [{"val": {"top1": None}}],
+                                              "n": 3}
+    write_json_atomic(tmp_path / "m.json", content)
+    assert "NaN" not in (tmp_path / "m.json").read_text()
 
 
 def test_training_learns_and_writes_outputs(trained, store: Path) -> None:

@@ -8,6 +8,7 @@ refused everywhere with the same line.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +73,7 @@ class TrainConfig:
             (self.streaming in ("auto", "on", "off"), "streaming must be auto, on or off"),
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
-            (self.lr > 0, "lr must be positive"),
+            (0 < self.lr < math.inf, "lr must be a positive, finite number"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (all(n >= 1 for n in self.clusters.values()), "every cluster needs >= 1 unit"),
         ]

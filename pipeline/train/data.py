@@ -57,6 +57,7 @@ class SplitData:
     parts: dict[Split, InMemoryFeatures | StreamedFeatures]
     counts: dict[str, RowCounts] = field(default_factory=dict)
     streamed: bool = False
+    classes_present: dict[Split, int] = field(default_factory=dict)  # classes with a row
 
     @property
     def train(self) -> InMemoryFeatures | StreamedFeatures:
@@ -381,7 +382,15 @@ def load_split(
         parts=sources,
         counts={part.label: counts for part, (_, counts) in selected.items()},
         streamed=streamed,
+        classes_present={part: count_classes(labels[rows]) for part, (rows, _) in selected.items()},
     )
+
+
+def count_classes(labels: np.ndarray) -> int:
+    """How many classes have at least one row: (n,) class ids or (n, C) 0/1 targets."""
+    if labels.ndim == 1:
+        return len(np.unique(labels[labels >= 0]))
+    return int((labels > 0).any(axis=0).sum())
 
 
 def describe_exclusions(counts: RowCounts) -> str:

@@ -24,8 +24,10 @@ import torch
 from tqdm import tqdm
 
 from extract.device import resolve_device
+from extract.errors import UserError
 from model.network import AttentionClusterNet, loss_fn
 from pipeline.atomic import write_json_atomic
+from pipeline.store.format import Split
 from pipeline.train.checkpoint import save_checkpoint
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import SplitData, load_split
@@ -37,6 +39,14 @@ from pipeline.train.metrics import (
     write_per_class_csv,
 )
 from pipeline.train.plots import plot_confusion, plot_curves
+
+
+class TrainingDiverged(Exception):
+    """The training loss became NaN or infinite: the weights are no longer usable."""
+
+    def __init__(self, epoch: int, loss: float) -> None:
+        super().__init__(f"epoch {epoch}: loss {loss}")
+        self.epoch, self.loss = epoch, loss
 
 
 @dataclass
@@ -128,10 +138,13 @@ def train_epoch(
         labels = labels.to(device, non_blocking=True)
         logits, _ = model(to_device(inputs, device))
         loss = criterion(logits, labels)
+        value = float(loss.detach())
+        if not math.isfinite(value):  # stop before the weights become NaN
+            raise TrainingDiverged(epoch, value)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += float(loss.detach()) * len(labels)
+        loss_sum += value * len(labels)
         hits += batch_hits(logits.detach(), labels, data.store.task)
         seen += len(labels)
         bar.update(len(labels))
@@ -157,6 +170,11 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig) -> TrainR
         num_workers=config.num_workers,
     )
     task, classes = data.store.task, data.store.classes
+    if data.classes_present[Split.TRAIN] < 2:
+        raise UserError(
+            f"split {config.split} of {data.store.path} has training rows of "
+            f"{data.classes_present[Split.TRAIN]} class only: a classifier needs at least two"
+        )
     model = build_model(data, config).to(device)
     # fused: one kernel per step instead of ~10 passes over the wide head's weights.
     optimizer = torch.optim.Adam(
@@ -168,7 +186,16 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig) -> TrainR
     best_value, best_epoch, best_scores = -math.inf, 0, None
     checkpoint_path = out_dir / "best.pt"
     for epoch in range(1, config.epochs + 1):
-        train_loss, train_accuracy = train_epoch(model, data, optimizer, config, device, epoch)
+        try:
+            train_loss, train_accuracy = train_epoch(model, data, optimizer, config, device,
+                                                     epoch)
+        except TrainingDiverged as exc:
+            checkpoint_path.unlink(missing_ok=True)  # a diverged run leaves no model to use
+            raise UserError(
+                f"training diverged in epoch {exc.epoch}: the loss became {exc.loss} (try a "
+                f"lower --lr than {config.lr:g}); no checkpoint kept, the epochs before are in "
+                f"{out_dir / 'metrics.json'}"
+            ) from None
         scores, labels, val_loss = predict(
             model, data.test.batches(max(config.batch_size, 256)), device, task
         )
