@@ -1,7 +1,8 @@
 """`data generate` and `data get`: make a generated dataset, or fetch a real one, by name.
 
 The generated datasets (toy, flash-mnist) are made offline and deterministically from a seed;
-`get` makes them only when their marker file is missing, so `make demo` reuses what it made.
+`get` makes them only when the file each generator writes last is missing, so `make demo`
+reuses what it made. Generators are imported only when used (cli.py imports this module).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 GENERATED = ("toy", "flash-mnist")
-MARKERS = {"toy": "toy.json", "flash-mnist": "flash-mnist.zarr/zarr.json"}
 
 
 def generate_dataset(name: str, out: Path, seed: int = 0, videos: int | None = None,
@@ -26,10 +26,21 @@ def generate_dataset(name: str, out: Path, seed: int = 0, videos: int | None = N
                                 **({"per_class_train": videos} if videos else {}))
 
 
+def generated_marker(name: str, out: Path) -> Path:
+    """The file whose presence means generated dataset `name` is complete in `out`."""
+    if name == "toy":
+        from pipeline.datasets.generated.toy import MANIFEST_NAME
+
+        return out / MANIFEST_NAME
+    from pipeline.datasets.generated.flash_mnist import STORE_NAME
+
+    return out / STORE_NAME / "zarr.json"
+
+
 def get_dataset(name: str, out: Path) -> tuple[Path, bool]:
     """(folder, made now): generate a missing generated dataset, or download a real one."""
     if name in GENERATED:
-        if (out / MARKERS[name]).exists():
+        if generated_marker(name, out).exists():
             return out, False
         return generate_dataset(name, out), True
     from pipeline.datasets.download.sources import fetch_dataset

@@ -74,11 +74,9 @@ def _guarded(worker_fn: Callable[[Any], Any], payload: Any) -> Any:
 
 
 def default_outcome(result: Any) -> str:
-    """Label used for the summary counts: a result's "status" (e.g. 'failed'), else 'done'."""
-    status = result.get("status") if isinstance(result, Mapping) else None
-    if isinstance(status, Status):
-        return status.label
-    return status if isinstance(status, str) else Status.DONE.label
+    """Label used for the summary counts: a result's `Status` (e.g. 'failed'), else 'done'."""
+    status = result.get("status", Status.DONE) if isinstance(result, Mapping) else Status.DONE
+    return Status(status).label
 
 
 @dataclass

@@ -183,14 +183,15 @@ class FeatureStore:
                 np.asarray([p.error for p in padded], dtype=str)))
         return blocks
 
-    def read(self, modality: str, rows: Sequence[int] | slice | None = None
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(features float16 (n,L,D), mask bool (n,L), time float32 (n,L), status uint8 (n,))."""
+    def read(self, modality: str, rows: Sequence[int] | slice | None = None,
+             fields: Sequence[str] = FIELDS) -> tuple[np.ndarray, ...]:
+        """The `fields` of some rows, by default (features float16 (n,L,D), mask bool (n,L),
+        time float32 (n,L), status uint8 (n,)); readers that need less read less."""
         group = self._group[self._known(modality)]
         selection: Any = slice(None) if rows is None else rows
         if not isinstance(selection, slice):
             selection = np.asarray(selection, dtype=np.int64)
-        return tuple(group[field][selection] for field in FIELDS)
+        return tuple(group[field][selection] for field in fields)
 
     def errors(self, modality: str) -> np.ndarray:
         return self._group[f"{self._known(modality)}/error"][:]

@@ -18,7 +18,15 @@ FORMAT_NAME = "attention-clusters-features"
 FORMAT_VERSION = 1
 
 
-class Status(IntEnum):
+class StoredCode(IntEnum):
+    """A uint8 code the store holds, with the lower-case name summaries print."""
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class Status(StoredCode):
     """Per-row, per-modality state; the values are what `<modality>/status` holds."""
 
     PENDING = 0
@@ -26,25 +34,16 @@ class Status(IntEnum):
     FAILED = 2
     ABSENT = 3
 
-    @property
-    def label(self) -> str:
-        """Lower-case name, as summaries and `store info` print it."""
-        return self.name.lower()
-
 
 COMPLETE = (Status.DONE, Status.ABSENT)
 
 
-class Split(IntEnum):
+class Split(StoredCode):
     """A video's role in one official split; the values are what `videos/split` holds."""
 
     UNUSED = 0
     TRAIN = 1
     TEST = 2
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
 
 
 class StoreError(UserError):

@@ -52,7 +52,8 @@ def test_attention(model: AttentionClusterNet, store: Path, dataset: Path,
     attention, predicted = [], []
     for start in range(0, n_test, BATCH):
         stop = min(start + BATCH, n_test)
-        block, mask, _, status = features.read(MODALITY, slice(n_train + start, n_train + stop))
+        rows = slice(n_train + start, n_train + stop)
+        block, mask, status = features.read(MODALITY, rows, fields=("features", "mask", "status"))
         inputs = {MODALITY: (torch.from_numpy(block), torch.from_numpy(mask.astype(bool)),
                              torch.from_numpy(status == Status.DONE))}
         logits, weights = model(to_device(inputs, device))
@@ -70,7 +71,7 @@ def feature_norms(store: Path, dataset: Path) -> dict[str, float]:
     """Mean L2 norm of the test videos' LeNet features on digit frames and on noise frames."""
     flash = zarr.open_group(str(dataset), mode="r")
     n_train, _ = split_sizes(flash)
-    features = open_store(store).read(MODALITY, slice(n_train, None))[0]
+    (features,) = open_store(store).read(MODALITY, slice(n_train, None), fields=("features",))
     norms = np.linalg.norm(features.astype(np.float32), axis=-1)
     is_digit = flash["test/frame_digit"][:] != NOISE
     return {"digit": float(norms[is_digit].mean()), "noise": float(norms[~is_digit].mean())}

@@ -105,15 +105,17 @@ def read_labels(store: FeatureStore) -> np.ndarray:
 
 
 def select_rows(
-    store: FeatureStore,
-    modalities: list[str],
-    split: int,
+    roles: np.ndarray,
+    statuses: np.ndarray,
     part: Split,
     labels: np.ndarray,
 ) -> tuple[np.ndarray, RowCounts]:
-    """Sorted row indices of one part (TRAIN or TEST) of a split, and what was left out."""
-    in_part = store.splits[:, split - 1] == part
-    statuses = np.stack([store.status(m) for m in modalities], axis=1)
+    """Sorted row indices of one part (TRAIN or TEST) of a split, and what was left out.
+
+    `roles` (N,) is the split's column of `videos/split`, `statuses` (N, M) the chosen
+    modalities' status columns.
+    """
+    in_part = roles == part
     pending = (statuses == Status.PENDING).any(axis=1)
     failed = (statuses == Status.FAILED).any(axis=1) & ~pending
     usable = ~pending & ~failed
@@ -153,11 +155,11 @@ def read_block(
     """Rows `start + local_rows` of each modality: float16 features, mask, present."""
     block = {}
     for name in modalities:
-        features, mask, _, status = store.read(name, slice(start, stop))
+        features, mask = store.read(name, slice(start, stop), fields=("features", "mask"))
         block[name] = (
             features[local_rows].astype(np.float16, copy=False),
             mask[local_rows].astype(bool),
-            status[local_rows] == Status.DONE,
+            store.status(name)[start + local_rows] == Status.DONE,
         )
     return block
 
@@ -360,7 +362,9 @@ def load_split(
     modalities = check_modalities(store, modalities)
     check_split(store, split)
     labels = read_labels(store)
-    selected = {part: select_rows(store, modalities, split, part, labels) for part in parts}
+    roles = store.splits[:, split - 1]
+    statuses = np.stack([store.status(m) for m in modalities], axis=1)
+    selected = {part: select_rows(roles, statuses, part, labels) for part in parts}
     for part, (rows, counts) in selected.items():
         if len(rows) == 0:
             name = "training" if part == Split.TRAIN else "test"

@@ -20,13 +20,16 @@ from pipeline.train.loop import TrainResult, train
 from pipeline.train.runs import checkpoints_of, new_run_dir, newest_checkpoint
 
 
-def parse_splits(split: str, available: int) -> list[int]:
-    """'all' -> 1..S; a number -> [that number] (checked against the store later)."""
-    if split == "all":
-        return list(range(1, available + 1))
-    if not split.isdigit():
+def check_split_option(split: str) -> None:
+    """`--split` is a split number or 'all' (numbers are checked against the store later)."""
+    if split != "all" and not split.isdigit():
         raise UserError(f"--split must be a split number or 'all', got {split!r}")
-    return [int(split)]
+
+
+def parse_splits(split: str, available: int) -> list[int]:
+    """'all' -> 1..S; a number -> [that number]."""
+    check_split_option(split)
+    return list(range(1, available + 1)) if split == "all" else [int(split)]
 
 
 def run_dir_for(dataset: str, split: int, several: bool, out: Path | None) -> Path:
@@ -78,8 +81,8 @@ def evaluate_dataset(dataset: str, store: Path, checkpoint: Path | None = None,
             raise UserError("--split all averages the newest checkpoint of each split under "
                             f"runs/{dataset}; it takes no --checkpoint")
         return evaluate_splits(newest_checkpoint_per_split(dataset), store, device=device)
-    if split is not None and not split.isdigit():
-        raise UserError(f"--split must be a split number or 'all', got {split!r}")
+    if split is not None:
+        check_split_option(split)
     return evaluate(checkpoint or newest_checkpoint(dataset), store,
                     split=int(split) if split else None, device=device,
                     per_class_csv=per_class_csv)
