@@ -13,14 +13,8 @@ import hashlib
 from pathlib import Path
 
 from extract.errors import UserError
-from pipeline.datasets.base import (
-    DiskIndex,
-    Manifest,
-    Problem,
-    ValidationReport,
-    VideoEntry,
-    require_root,
-)
+from pipeline.datasets.base import Manifest, ValidationReport, VideoEntry, require_root
+from pipeline.datasets.disk import DiskIndex
 from pipeline.store.format import Split
 
 DEFAULT_TEST_FRACTION = 0.2
@@ -30,7 +24,8 @@ def load_folder(
     root: Path, splits_dir: Path | None = None, test_fraction: float = DEFAULT_TEST_FRACTION
 ) -> Manifest:
     """Every visible video file directly inside a class folder; folders without videos are
-    not classes (so stray `annotations/` or `splits/` folders are ignored)."""
+    not classes (so stray `annotations/` or `splits/` folders are ignored). An entry that
+    cannot be read is reported and left out, and so is a folder that cannot be listed."""
     root = require_root(root, "folder")
     if splits_dir is not None:
         raise UserError(
@@ -41,17 +36,19 @@ def load_folder(
         raise UserError(f"test fraction must be in [0, 1), got {test_fraction}")
     disk = DiskIndex(root)
     report = ValidationReport()
-    by_class = {name: disk.video_files(name) for name in disk.subdirs("")}
-    classes = [name for name, files in by_class.items() if files]
+    by_class = {
+        name: [
+            video_id
+            for video_id in (f"{name}/{file_name}" for file_name in disk.video_files(name))
+            if not disk.refuse(video_id, report)
+        ]
+        for name in disk.subdirs("")
+    }
+    report.unreadable.extend(disk.problems())
+    classes = [name for name, ids in by_class.items() if ids]
     videos = []
     for label, class_name in enumerate(classes):
-        ids = []
-        for file_name in by_class[class_name]:
-            video_id = f"{class_name}/{file_name}"
-            if disk.escapes_root(video_id):
-                report.unsafe.append(Problem(video_id, "symlink resolves outside the dataset root"))
-            else:
-                ids.append(video_id)
+        ids = by_class[class_name]
         test_ids = set(sorted(ids, key=_stable_hash)[: _test_count(len(ids), test_fraction)])
         videos.extend(
             VideoEntry(id=video_id, label=label,

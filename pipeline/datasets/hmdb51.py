@@ -8,15 +8,16 @@ from pathlib import Path
 
 from extract.errors import UserError
 from pipeline.datasets.base import (
-    DiskIndex,
-    ListCollector,
     Manifest,
     Problem,
     ValidationReport,
-    read_lines,
+    is_utf8,
+    printable,
     require_root,
     safe_relative,
 )
+from pipeline.datasets.disk import DiskIndex
+from pipeline.datasets.lists import ListCollector, read_lines
 
 SPLIT_NUMBERS = (1, 2, 3)
 DEFAULT_SPLITS_DIR = "testTrainMulti_7030_splits"
@@ -27,14 +28,14 @@ def load_hmdb51(root: Path, splits_dir: Path | None = None) -> Manifest:
     """HMDB51 with its three official splits; classes are the split files' class names, sorted."""
     root = require_root(root, "HMDB51")
     split_dir = Path(splits_dir).expanduser() if splits_dir else root / DEFAULT_SPLITS_DIR
-    files = _find_split_files(split_dir)
-    classes = sorted(files)
     report = ValidationReport()
+    files = _find_split_files(split_dir, report)
+    classes = sorted(files)
     collector = ListCollector(len(SPLIT_NUMBERS), report)
     for label, class_name in enumerate(classes):
         for split, k in enumerate(SPLIT_NUMBERS):
             path = files[class_name][k]
-            for line_no, line in read_lines(path):
+            for line_no, line in read_lines(path, report):
                 where = f"{path.name}:{line_no}"
                 parts = line.rsplit(maxsplit=1)
                 if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
@@ -60,13 +61,19 @@ def load_hmdb51(root: Path, splits_dir: Path | None = None) -> Manifest:
     )
 
 
-def _find_split_files(split_dir: Path) -> dict[str, dict[int, Path]]:
-    """{class: {split number: file}}; every class must have all three split files."""
+def _find_split_files(split_dir: Path, report: ValidationReport) -> dict[str, dict[int, Path]]:
+    """{class: {split number: file}}; every class must have all three split files. A file
+    whose name is not UTF-8 cannot name a class (its name would be every video's id): it is
+    reported and left out."""
     files: dict[str, dict[int, Path]] = {}
     if split_dir.is_dir():
         for path in sorted(split_dir.iterdir()):
             match = _SPLIT_FILE.match(path.name)
-            if match and path.is_file():
+            if match and not is_utf8(path.name):
+                report.malformed.append(
+                    Problem(printable(path.name), "file name is not valid UTF-8 (rename it)")
+                )
+            elif match and path.is_file():
                 files.setdefault(match["cls"], {})[int(match["k"])] = path
     if not files:
         raise UserError(

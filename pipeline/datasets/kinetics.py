@@ -18,13 +18,15 @@ from pathlib import Path
 
 from extract.errors import UserError
 from pipeline.datasets.base import (
-    DiskIndex,
     Manifest,
     Problem,
     ValidationReport,
     VideoEntry,
+    is_utf8,
+    printable,
     require_root,
 )
+from pipeline.datasets.disk import DiskIndex
 from pipeline.store.format import Split
 
 DEFAULT_SPLITS_DIR = "annotations"
@@ -69,11 +71,10 @@ def load_kinetics400(root: Path, splits_dir: Path | None = None) -> Manifest:
         video_id = finder.find(row.stem, row.split, row.label)
         if video_id is None:
             report.missing.append(Problem(row.where, f"clip {row.stem} not found"))
-        elif disk.escapes_root(video_id):
-            report.unsafe.append(Problem(video_id, "symlink resolves outside the dataset root"))
-        else:
+        elif not disk.refuse(video_id, report):
             label = label_of[row.label] if row.label else -1
             videos.append(VideoEntry(id=video_id, label=label, splits=(SPLIT_CODES[row.split],)))
+    report.unreadable.extend(disk.problems())
     videos.sort(key=lambda entry: entry.id)
     return Manifest(
         dataset="kinetics400",
@@ -108,8 +109,10 @@ def _split_from_filename(path: Path) -> str | None:
 
 
 def _read_csv(path: Path, report: ValidationReport) -> list[_Row]:
+    """The CSV's rows; one that is not valid UTF-8 (read with surrogateescape to find it) is
+    reported as malformed and costs that row only."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
             reader = csv.DictReader(handle)
             header = [name.strip().lower() for name in reader.fieldnames or []]
             absent = [name for name in REQUIRED_COLUMNS if name not in header]
@@ -123,7 +126,7 @@ def _read_csv(path: Path, report: ValidationReport) -> list[_Row]:
                 if row is not None:
                     rows.append(row)
             return rows
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except (OSError, csv.Error) as exc:
         raise UserError(f"cannot read {path}: {exc}") from exc
 
 
@@ -131,6 +134,10 @@ def _parse_row(
     record: dict[str, str | None], where: str, default_split: str | None, report: ValidationReport
 ) -> _Row | None:
     values = {key: (value or "").strip() for key, value in record.items() if key}
+    if not all(is_utf8(value) for value in values.values()):
+        shown = ",".join(printable(value) for value in values.values())
+        report.malformed.append(Problem(where, f"not valid UTF-8: {shown}"))
+        return None
     youtube_id = values["youtube_id"]
     if "/" in youtube_id or "\\" in youtube_id:
         report.unsafe.append(Problem(where, f"youtube_id {youtube_id!r} contains a path separator"))

@@ -6,16 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from extract.errors import UserError
-from pipeline.datasets.base import (
-    DiskIndex,
-    ListCollector,
-    Manifest,
-    Problem,
-    ValidationReport,
-    read_lines,
-    require_root,
-    safe_relative,
-)
+from pipeline.datasets.base import Manifest, Problem, ValidationReport, require_root, safe_relative
+from pipeline.datasets.disk import DiskIndex
+from pipeline.datasets.lists import ListCollector, read_lines
 from pipeline.store.format import Split
 
 SPLIT_NUMBERS = (1, 2, 3)
@@ -60,7 +53,7 @@ def load_ucf101(root: Path, splits_dir: Path | None = None) -> Manifest:
 def _read_class_index(path: Path, report: ValidationReport) -> tuple[list[str], dict[int, int]]:
     """Class names in classInd order and the map from its 1-based numbers to label ids."""
     by_number: dict[int, str] = {}
-    for line_no, line in read_lines(path):
+    for line_no, line in read_lines(path, report):
         where = f"{path.name}:{line_no}"
         parts = line.split()
         if len(parts) != 2 or not parts[0].isdigit():
@@ -96,7 +89,7 @@ def _read_list(
     # Case-insensitive: the official lists spell some classes differently from classInd.txt
     # (HandStandPushups vs HandstandPushups).
     label_of_class = {name.lower(): i for i, name in enumerate(classes)}
-    for line_no, line in read_lines(path):
+    for line_no, line in read_lines(path, report):
         where = f"{path.name}:{line_no}"
         parts = line.split()
         number: int | None = None
