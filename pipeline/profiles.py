@@ -1,25 +1,18 @@
 """Dataset profiles (configs/<name>.yaml): how to sample, which flow backend and which backbones.
 
-A profile is plain YAML so users can copy and edit one. Loading fills in defaults and rejects
-unknown keys with one clear line, because a typo in a profile would otherwise silently change
-what gets extracted for hours.
+A profile is plain YAML so users can copy and edit one. Loading fills in defaults and checks
+the whole profile (pipeline/profile_checks.py) before any work, because a typo or an
+impossible value would otherwise fail or silently change hours of extraction.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from extract.errors import UserError
-from pipeline.train.config import TrainConfig
-
-# Sections whose content belongs to another component (backbone specs, flow parameters, cluster
-# sizes per modality, training settings): taken as given here and checked by that component.
-FREE_FORM_KEYS = frozenset({"modalities", "backbone", "params", "clusters", "train"})
+from pipeline.profile_checks import check_profile, format_problems
+from pipeline.profile_yaml import read_profile_yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -77,60 +70,11 @@ def default_profile_for(dataset: str) -> Path:
 
 
 def load_profile(name_or_path: str | Path) -> dict[str, Any]:
-    """Read a profile, fill in defaults and check every key."""
+    """Read a profile, fill in defaults and check it whole: every problem in one UserError."""
     path = profile_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: a profile must be a YAML mapping")
-    profile = _merge(PROFILE_DEFAULTS, raw, where=str(path))
-    modalities = raw.get("modalities") or {}
-    if not isinstance(modalities, dict) or not modalities:
-        raise UserError(f"{path}: 'modalities' must name at least one of rgb, flow, audio")
-    profile["modalities"] = {}
-    for name, settings in modalities.items():
-        if name not in MODALITY_DEFAULTS:
-            raise UserError(f"{path}: unknown modality '{name}' (known: rgb, flow, audio)")
-        profile["modalities"][name] = _merge(
-            MODALITY_DEFAULTS[name], settings or {}, where=f"{path}: modalities.{name}"
-        )
-        _check_positive(profile["modalities"][name], ("positions", "batch_size"), path, name)
-    profile["train"] = _train_settings(profile["train"], path)
+    profile, problems = check_profile(read_profile_yaml(path), PROFILE_DEFAULTS,
+                                      MODALITY_DEFAULTS)
+    if problems:
+        raise UserError(format_problems(str(path), problems))
     profile["name"] = path.stem
     return profile
-
-
-def _train_settings(given: Any, path: Path) -> dict[str, Any]:
-    """The `train:` section completed with TrainConfig's defaults, checked the way `train` will."""
-    given = {} if given is None else given  # an empty `train:` section
-    if not isinstance(given, dict):
-        raise UserError(f"{path}: train: expected a mapping, got {type(given).__name__}")
-    try:
-        return dataclasses.asdict(TrainConfig.from_dict(given))
-    except UserError as exc:
-        raise UserError(f"{path}: {exc}") from None
-
-
-def _check_positive(settings: dict[str, Any], keys: tuple[str, ...], path: Path, name: str) -> None:
-    for key in keys:
-        value = settings[key]
-        if not isinstance(value, int) or value < 1:
-            raise UserError(f"{path}: modalities.{name}.{key} must be a positive integer")
-
-
-def _merge(defaults: dict[str, Any], given: dict[str, Any], where: str) -> dict[str, Any]:
-    """Defaults overlaid with `given`; keys in FREE_FORM_KEYS are taken whole, others checked."""
-    if not isinstance(given, dict):
-        raise UserError(f"{where}: expected a mapping, got {type(given).__name__}")
-    merged = copy.deepcopy(defaults)
-    for key, value in given.items():
-        if key not in defaults:
-            known = ", ".join(sorted(defaults))
-            raise UserError(f"{where}: unknown key '{key}' (known: {known})")
-        if key in FREE_FORM_KEYS or not isinstance(defaults[key], dict):
-            merged[key] = copy.deepcopy(value)
-        else:
-            merged[key] = _merge(defaults[key], value or {}, f"{where}.{key}")
-    return merged
