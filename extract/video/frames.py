@@ -5,6 +5,9 @@
   the short side is `resize_short`, then centre-cropped.
 - `read_gray_stacks` returns K stacks of M consecutive grey frames for optical flow.
 
+Which stream: the one a player would play (`media.choose_stream`: no cover art, no 1-frame
+still beside real footage), the same for all three; the sampled results carry its index.
+
 Sampling rules (see extract/video/sampler.py for how frames are fetched):
 - the frame for a time t is the frame whose presentation interval contains t; a video with
   fewer frames than K repeats frames; `times` are the chosen frames' presentation times in
@@ -50,8 +53,15 @@ from av.video.reformatter import Interpolation, VideoReformatter
 from av.video.stream import VideoStream
 
 from extract.errors import DecodeError, UserError
-from extract.video.media import DECODE_FAILURES, Deadline, open_media, reason_of
-from extract.video.sampler import SampleResult, sample_runs, stream_fps, stream_origin
+from extract.video.media import (
+    DECODE_FAILURES,
+    Deadline,
+    choose_stream,
+    open_media,
+    reason_of,
+    unusable,
+)
+from extract.video.sampler import SampleResult, SeekError, sample_runs, stream_fps, stream_origin
 
 
 @dataclass(frozen=True)
@@ -84,12 +94,14 @@ class VideoInfo:
 class SampledFrames:
     frames: np.ndarray  # uint8 (K, H, W, 3) RGB
     times: np.ndarray  # float32 (K,) seconds
+    stream: int  # index of the decoded stream in the file (see choose_stream)
 
 
 @dataclass(frozen=True)
 class SampledStacks:
     stacks: np.ndarray  # uint8 (K, M, H, W) grey
     times: np.ndarray  # float32 (K,) seconds, centre of each stack
+    stream: int  # index of the decoded stream in the file (see choose_stream)
 
 
 def segment_centres(duration_s: float, k: int) -> np.ndarray:
@@ -105,12 +117,14 @@ def segment_centres(duration_s: float, k: int) -> np.ndarray:
 def _open_video(path: str | Path, limits: DecodeLimits) -> Iterator[
     tuple[InputContainer, VideoStream]
 ]:
-    """An open container and its first video stream, threaded, within the pixel limit."""
+    """An open container and the video stream a player would play (`choose_stream`), threaded,
+    within the pixel limit."""
     name = str(path)
     with open_media(path) as container:
-        if not container.streams.video:
-            raise DecodeError(f"{name}: no video stream")
-        stream = container.streams.video[0]
+        stream = choose_stream(container, "video")
+        if stream is None:
+            passed = unusable(container.streams.video)
+            raise DecodeError(f"{name}: no video stream" + (f"; only {passed}" if passed else ""))
         width, height = stream.codec_context.width, stream.codec_context.height
         if width * height > limits.max_pixels:
             raise DecodeError(
@@ -136,7 +150,7 @@ def _duration(container: InputContainer, stream: VideoStream, limits: DecodeLimi
     frame_s = 1.0 / stream_fps(stream)
     end = 0.0
     with av.open(container.name, metadata_errors="ignore") as scan:
-        for count, packet in enumerate(scan.demux(scan.streams.video[0]), start=1):
+        for count, packet in enumerate(scan.demux(scan.streams[stream.index]), start=1):
             if deadline is not None:
                 deadline.check()
             if packet.pts is None or packet.time_base is None:
@@ -256,7 +270,7 @@ def probe(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> VideoInfo:
         rotation = _clockwise_rotation(frame)
         width, height = _displayed_size(frame, rotation, _pixel_aspect(stream))
         fps = stream_fps(stream)
-        audio = container.streams.audio[0] if container.streams.audio else None
+        audio = choose_stream(container, "audio")
         return VideoInfo(
             path=name,
             duration_s=duration,
@@ -280,16 +294,24 @@ def _sample(
     """Open, compute the sampling window, and fetch the runs (shared by RGB and stacks).
 
     `limits.timeout_s` bounds this whole call (length scan and sampling): one deadline per
-    modality decode, so a video's RGB and flow each get the full limit.
+    modality decode, so a video's RGB and flow each get the full limit. A stream FFmpeg cannot
+    seek in (raw h264) is read once more from the start without seeking: the same frames.
     """
     name = str(path)
     deadline = Deadline(name, limits.timeout_s)
-    with _open_video(path, limits) as (container, stream):
-        window = _window(container, stream, limits, deadline)
-        starts = starts_of(window, 1.0 / stream_fps(stream))
-        convert = convert_of(name, _pixel_aspect(stream))
-        return sample_runs(container, stream, starts, run_length, convert, window, name,
-                           deadline)
+
+    def sample(seek: bool) -> SampleResult:
+        with _open_video(path, limits) as (container, stream):
+            window = _window(container, stream, limits, deadline)
+            starts = starts_of(window, 1.0 / stream_fps(stream))
+            convert = convert_of(name, _pixel_aspect(stream))
+            return sample_runs(container, stream, starts, run_length, convert, window, name,
+                               deadline, seek)
+
+    try:
+        return sample(seek=True)
+    except SeekError:
+        return sample(seek=False)
 
 
 def read_rgb(
@@ -315,7 +337,7 @@ def read_rgb(
     )
     frames = np.stack([run.pixels[0] for run in result.runs])
     times = np.array([run.times[0] for run in result.runs], dtype=np.float32)
-    return SampledFrames(frames=frames, times=times)
+    return SampledFrames(frames=frames, times=times, stream=result.stream)
 
 
 def read_gray_stacks(
@@ -351,4 +373,4 @@ def read_gray_stacks(
         raise DecodeError(f"{path}: only {result.frames_decoded} frame, too short for optical flow")
     stacks = np.stack([np.stack(run.pixels) for run in result.runs])
     times = np.array([(run.times[0] + run.times[-1]) / 2 for run in result.runs], np.float32)
-    return SampledStacks(stacks=stacks, times=times)
+    return SampledStacks(stacks=stacks, times=times, stream=result.stream)

@@ -1,18 +1,22 @@
-"""Open a media file with PyAV and turn every way it can fail into one-line DecodeErrors.
+"""Open a media file with PyAV, choose its streams, and turn every way it can fail into
+one-line DecodeErrors.
 
-Why a module of its own: video and audio decoding share it, and the rule "a bad file is a
-DecodeError that names the file and says what is wrong" must hold in exactly one place.
+Why a module of its own: video and audio decoding share it, and the rules "a bad file is a
+DecodeError that names the file and says what is wrong" and "use the stream a player would
+play" must each hold in exactly one place.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import av
 from av.container import InputContainer
+from av.stream import Disposition, Stream
 
 from extract.errors import DecodeError
 
@@ -54,6 +58,42 @@ class Deadline:
                 f"{self.name}: decoding exceeded the {self.seconds:g} s per-video limit "
                 "(limits.timeout_s)"
             )
+
+
+def choose_stream(container: InputContainer, kind: Literal["video", "audio"]) -> Stream | None:
+    """The stream of `kind` a player would play, or None when no stream of it can be decoded.
+
+    Why not simply the first: files carry cover art (an attached picture, e.g. an mp4 `covr`)
+    and stills beside the real footage, and FFmpeg's own choice (`streams.best`) ranks the
+    "default" flag above frame count, so it picks a 1-frame still that an mp4 lists first.
+    Attached pictures and streams without a decoder are never chosen; a stream that holds a
+    single frame (or is flagged as a still image) only when nothing else is left; among the
+    rest FFmpeg's best, else the first. Probing, RGB, flow and audio all choose here.
+    """
+    best = container.streams.best(kind)
+    candidates = [
+        stream for stream in container.streams
+        if stream.type == kind and stream.codec_context is not None
+        and not stream.disposition & Disposition.attached_pic
+    ]
+
+    def rank(stream: Stream) -> tuple[bool, bool, int]:
+        still = kind == "video" and (
+            stream.frames == 1 or bool(stream.disposition & Disposition.still_image)
+        )
+        return still, best is None or stream.index != best.index, stream.index
+
+    return min(candidates, key=rank, default=None)
+
+
+def unusable(streams: Sequence[Stream]) -> str:
+    """What the streams `choose_stream` passed over are, for an error line ('' for none)."""
+    kinds = {
+        "a cover picture (attached_pic)" if stream.disposition & Disposition.attached_pic
+        else f"stream {stream.index} with a codec FFmpeg cannot decode"
+        for stream in streams
+    }
+    return ", ".join(sorted(kinds))
 
 
 @contextmanager

@@ -76,7 +76,28 @@ class SampleResult:
     runs: list[Run]
     frames_decoded: int
     seeks: int
+    stream: int  # the index of the sampled stream in its file
     stop_reason: str | None = None  # why decoding ended early, if it failed
+
+
+class SeekError(DecodeError):
+    """FFmpeg could not seek in the stream (raw h264: "operation not permitted").
+
+    A failed seek may have read on to build an index, so the demuxer's position is unknown
+    afterwards: the caller reads the file again from the start without seeking.
+    """
+
+
+def _seek(container: InputContainer, stream: VideoStream, time: float, origin: float,
+          name: str) -> None:
+    """Seek to the keyframe at or before `time` (seconds from the stream's start)."""
+    try:
+        container.seek(max(0, math.floor((time + origin) / stream.time_base)), stream=stream,
+                       backward=True)
+    except DECODE_FAILURES as error:
+        where = f"to {time:.2f}s" if time > 0 else "back to the start"
+        raise SeekError(f"{name}: cannot seek in this stream ({reason_of(error)}): "
+                        f"seeking {where} failed") from error
 
 
 class _KeyframeIndex:
@@ -175,6 +196,7 @@ def sample_runs(
     window_s: float,
     name: str,
     deadline: Deadline | None = None,
+    seek: bool = True,
 ) -> SampleResult:
     """For each sorted start time, the frame containing it and the next run_length-1 frames.
 
@@ -183,6 +205,8 @@ def sample_runs(
     whole window, the run is padded by repeating its last frame. A start time more than two
     frames past the last frame that decoded means frames are missing (truncated or corrupt
     file): DecodeError. Past `deadline` (checked per packet) it is a DecodeError too.
+    With `seek` false it decodes from where the demuxer stands, never seeking; a seek that
+    fails raises SeekError.
     """
     origin = stream_origin(stream)
     frame_s = 1.0 / stream_fps(stream)
@@ -198,7 +222,7 @@ def sample_runs(
     last_time = -frame_s
     frames_decoded = 0
     seeks = 0
-    seeking_allowed = True
+    seeking_allowed = seek
     sought: set[int] = set()
     stop_reason: str | None = None
 
@@ -224,11 +248,7 @@ def sample_runs(
     while not finished:
         target = seek_target()
         if target is not None:
-            container.seek(
-                max(0, math.floor((target + origin) / stream.time_base)),
-                stream=stream,
-                backward=True,
-            )
+            _seek(container, stream, target, origin, name)
             seeks += 1
             sought.add(next_start)  # one seek per position: a wrong prediction cannot loop
             previous = None
@@ -243,7 +263,7 @@ def sample_runs(
                     if time > starts[next_start] + BOUNDARY_EPS_S:
                         # The seek landed past the frame we need: restart from the beginning
                         # and read on without seeking (always right, rarely needed).
-                        container.seek(0, stream=stream, backward=True)
+                        _seek(container, stream, -origin, origin, name)
                         seeking_allowed = False
                         last_time = -frame_s
                         finished = False
@@ -294,6 +314,7 @@ def sample_runs(
         runs=[run for run in runs if run is not None],
         frames_decoded=frames_decoded,
         seeks=seeks,
+        stream=stream.index,
         stop_reason=stop_reason,
     )
 

@@ -8,12 +8,14 @@ gets audio status "absent" (normal for about half of UCF101), not "failed".
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
 
 from extract.backbones.registry import Backbone, build_backbone, extract_batched, rebuild_backbone
 from extract.device import resolve_device
@@ -25,8 +27,27 @@ from extract.video.frames import DecodeLimits, read_gray_stacks, read_rgb
 from pipeline.profiles import MODALITY_DEFAULTS
 from pipeline.store.format import Status
 
-if TYPE_CHECKING:
-    import torch
+EXTRACTION_THREADS = 1  # torch threads while extracting, in every process (extraction_threads)
+
+
+@contextlib.contextmanager
+def extraction_threads() -> Iterator[None]:
+    """Torch math on EXTRACTION_THREADS threads while extracting, whatever the caller had.
+
+    How a sum is split between threads changes its rounding: the rgb and flow features of the
+    toy clips differed in the last float16 bit between 1 and 2 threads. A fixed count makes
+    features the same for any `--workers`, in a worker or in `classify`; parallelism comes
+    from worker processes. DIS flow (1, 2, 4 OpenCV threads) and log-mel (1, 2 BLAS threads)
+    gave the same bits, and FFmpeg's decoders are bit-exact at any thread count, so their
+    threads are left as they are.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(EXTRACTION_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 def decode_limits(limits: Mapping[str, Any]) -> DecodeLimits:
     """The profile's `limits:` section as the decoder's bounds.
@@ -127,15 +148,18 @@ class VideoFeatureExtractor:
 
     def extract(self, path: str | Path, modalities: Iterable[str] | None = None
                 ) -> dict[str, dict[str, Any]]:
-        """{modality: {status, features (l, D) float16, mask (l,), time (l,), error}}."""
+        """{modality: {status, features (l, D) float16, mask (l,), time (l,), error}}; rgb and
+        flow add `stream`, the index of the video stream decoded (see choose_stream)."""
         results = {}
-        for name in modalities or self.settings:
-            try:
-                results[name] = getattr(self, f"_{name}")(Path(path))
-            except UserError as exc:
-                results[name] = {"status": Status.FAILED, "error": str(exc)}
-            except Exception as exc:  # one odd video must not stop a run of thousands
-                results[name] = {"status": Status.FAILED, "error": f"{type(exc).__name__}: {exc}"}
+        with extraction_threads():
+            for name in modalities or self.settings:
+                try:
+                    results[name] = getattr(self, f"_{name}")(Path(path))
+                except UserError as exc:
+                    results[name] = {"status": Status.FAILED, "error": str(exc)}
+                except Exception as exc:  # one odd video must not stop a run of thousands
+                    results[name] = {"status": Status.FAILED,
+                                     "error": f"{type(exc).__name__}: {exc}"}
         return results
 
     def _features(self, name: str, items: np.ndarray, times: np.ndarray) -> dict[str, Any]:
@@ -148,7 +172,7 @@ class VideoFeatureExtractor:
         s = self.settings["rgb"]
         sampled = read_rgb(path, s["positions"], s["resize_short"], s["crop"],
                            self._decode_limits)
-        return self._features("rgb", sampled.frames, sampled.times)
+        return {**self._features("rgb", sampled.frames, sampled.times), "stream": sampled.stream}
 
     def _flow(self, path: Path) -> dict[str, Any]:
         s = self.settings["flow"]
@@ -156,7 +180,7 @@ class VideoFeatureExtractor:
                                    tuple(s["size"]), self._decode_limits)
         stacks = flow_stacks(sampled.stacks, s["backend"], self.flow_params, self.device,
                              bound=float(s["bound"]))
-        return self._features("flow", stacks, sampled.times)
+        return {**self._features("flow", stacks, sampled.times), "stream": sampled.stream}
 
     def _audio(self, path: Path) -> dict[str, Any]:
         s = self.settings["audio"]
