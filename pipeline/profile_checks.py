@@ -21,18 +21,17 @@ import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from extract.backbones.audio import LogMelStats
+from extract.backbones.audio import AUDIO_SPEC_KEYS, LogMelStats
 from extract.backbones.families import IMAGE_BUILDERS, IMAGE_SPEC_KEYS
-from extract.backbones.vggish import EMBEDDING_DIM, VGGISH_SPEC_KEYS
+from extract.backbones.vggish import EMBEDDING_DIM
 from extract.errors import UserError
-from extract.flow.stacks import FLOW_BACKENDS, FlowParams
+from extract.flow.stacks import FLOW_BACKENDS, FlowParams, backend_limitation
 from pipeline.datasets.manifest import ADAPTERS
 from pipeline.train.config import TrainConfig
 
 # A check returns None for a good value, else the rest of the line after "key value".
 Check = Callable[[Any], "str | None"]
 
-AUDIO_SPEC_KEYS = {"logmel": frozenset({"name"}), "vggish": VGGISH_SPEC_KEYS}
 MODEL_FAMILIES = ("torchvision", "timm")  # named as family:<model>
 SWITCH_WORDS = {"yes": True, "on": True, "no": False, "off": False}
 # Peak memory of the torch TV-L1 backend per frame pair and pixel, input stacks included
@@ -247,13 +246,15 @@ def _flow_params(params: Any, backend: Any, problems: Problems) -> dict[str, Any
         if problems.value(f"{where}.{key}", params[key], _typed(hints[key])):
             problems.value(f"{where}.{key}", params[key],
                            _by_constructor(lambda given: FlowParams(**given), key))
-    # What a backend cannot do (it refuses only when it runs; DIS ignores these parameters).
-    if params.get("gamma", 0.0) != 0.0 and backend == "torch":
-        problems.append(f"{where}.gamma {shown(params['gamma'])}: only the opencv backend has "
-                        f"the illumination term (backend is {shown(backend)})")
-    if params.get("interpolation", "bicubic") != "bicubic" and backend == "opencv":
-        problems.append(f"{where}.interpolation {shown(params['interpolation'])}: the opencv "
-                        "backend is bicubic only")
+    # What a backend cannot do (it refuses only when it runs), by the backend's own rule.
+    given = {key: params[key] for key in ("gamma", "interpolation") if key in params}
+    try:
+        limitation = backend_limitation(str(backend), FlowParams(**given))
+    except (TypeError, ValueError, UserError):
+        limitation = None  # the value itself is wrong: reported above
+    if limitation:
+        key, why = limitation
+        problems.append(f"{where}.{key} {shown(params[key])}: {why} (backend is {shown(backend)})")
     return params
 
 

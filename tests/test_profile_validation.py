@@ -86,7 +86,8 @@ def problems_of(tmp_path: Path, text: str) -> list[str]:
      "modalities.flow.params.gamma 0.1: only the opencv backend has the illumination term "
      "(backend is 'torch')"),
     ("modalities:\n  flow: {backend: opencv, params: {interpolation: bilinear}}\n",
-     "modalities.flow.params.interpolation 'bilinear': the opencv backend is bicubic only"),
+     "modalities.flow.params.interpolation 'bilinear': the opencv backend is bicubic only "
+     "(backend is 'opencv')"),
     ("modalities:\n  rgb: {backbone: {name: efficientnet_lit0}}\n",
      "modalities.rgb.backbone.name 'efficientnet_lit0' is unknown (choose: efficientnet_lite0, "
      "random, torchvision:<model>, timm:<model>)"),

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from extract.backbones.vggish import build_vggish
+from extract.backbones.vggish import VGGISH_SPEC_KEYS, build_vggish
 from extract.errors import UserError
 from extract.logmel import LOG_MEL_CONFIG, N_MELS, PATCH_FRAMES, as_patch_tensor
 
@@ -43,12 +43,16 @@ class LogMelStats:
         return torch.cat([mean, std], dim=1).float().cpu()
 
 
+AUDIO_SPEC_KEYS = {"logmel": frozenset({"name"}), "vggish": VGGISH_SPEC_KEYS}  # name -> options
+
+
 def build_audio_backbone(spec: dict[str, Any], device: torch.device):
     """`{name: logmel}` (offline) or `{name: vggish, ...}` (released weights, see vggish.py)."""
+    if spec["name"] not in AUDIO_SPEC_KEYS:
+        raise UserError(f"audio backbone {spec['name']!r}: unknown name "
+                        f"(use {' or '.join(AUDIO_SPEC_KEYS)})")
     if spec["name"] == "logmel":
         if set(spec) != {"name"}:
             raise UserError(f"audio backbone 'logmel' takes no options, got {sorted(spec)}")
         return LogMelStats(device)
-    if spec["name"] == "vggish":
-        return build_vggish(spec, device)
-    raise UserError(f"audio backbone {spec['name']!r}: unknown name (use logmel or vggish)")
+    return build_vggish(spec, device)

@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from extract.errors import UserError
-
 if TYPE_CHECKING:
     from extract.flow.stacks import FlowParams
 
@@ -21,11 +19,6 @@ DIS_PRESET = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
 
 def opencv_tvl1(prev: np.ndarray, nxt: np.ndarray, params: FlowParams) -> np.ndarray:
     """cv2.optflow DualTVL1 on (B,H,W) uint8 frames -> (B,2,H,W) float32, x then y."""
-    if params.interpolation != "bicubic":
-        raise UserError(
-            f"flow backend 'opencv' always warps bicubically; interpolation="
-            f"{params.interpolation!r} is only available with the 'torch' backend"
-        )
     solver = cv2.optflow.DualTVL1OpticalFlow_create(
         tau=params.tau, lambda_=params.lambda_, theta=params.theta, nscales=params.nscales,
         warps=params.warps, epsilon=params.epsilon, innnerIterations=params.inner_iterations,

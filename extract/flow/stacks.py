@@ -70,11 +70,19 @@ class FlowParams:
         return asdict(self)
 
 
+def backend_limitation(backend: str, params: FlowParams) -> tuple[str, str] | None:
+    """(parameter, why) that `backend` cannot do with `params`, or None: one rule for the
+    profile check and for the backend itself. DIS ignores the TV-L1 parameters altogether."""
+    if backend == "torch" and params.gamma != 0.0:
+        return "gamma", "only the opencv backend has the illumination term"
+    if backend == "opencv" and params.interpolation != "bicubic":
+        return "interpolation", "the opencv backend is bicubic only"
+    return None
+
+
 def _torch_backend(
     prev: np.ndarray, nxt: np.ndarray, params: FlowParams, device: str | torch.device
 ) -> np.ndarray:
-    if params.gamma != 0.0:
-        raise FlowInputError("flow gamma != 0 (illumination term) is only in the 'opencv' backend")
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     i0 = torch.from_numpy(prev).to(dev, torch.float32).unsqueeze(1)
     i1 = torch.from_numpy(nxt).to(dev, torch.float32).unsqueeze(1)
@@ -145,7 +153,11 @@ def compute_flow(
     a, b = _as_frames("prev", prev), _as_frames("nxt", nxt)
     if a.shape != b.shape:
         raise FlowInputError(f"flow inputs differ in shape: prev {a.shape} vs nxt {b.shape}")
-    flow = FLOW_BACKENDS[backend](a, b, params or FlowParams(), device)
+    params = params or FlowParams()
+    if limitation := backend_limitation(backend, params):
+        key, why = limitation
+        raise FlowInputError(f"flow {key}={getattr(params, key)!r}: {why}")
+    flow = FLOW_BACKENDS[backend](a, b, params, device)
     return np.ascontiguousarray(flow, dtype=np.float32)
 
 
