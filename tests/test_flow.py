@@ -250,3 +250,15 @@ def test_params_record_as_plain_dict():
     record = FlowParams().to_dict()
     assert record["tau"] == 0.25 and record["nscales"] == 5 and record["interpolation"] == "bicubic"
     assert FlowParams(**record) == FlowParams()
+
+
+@pytest.mark.parametrize(("backend", "params", "message"), [
+    ("torch", FlowParams(gamma=0.1), "flow gamma=0.1: only the opencv backend"),
+    ("opencv", FlowParams(interpolation="bilinear"),
+     "flow interpolation='bilinear': the opencv backend is bicubic only"),
+])
+def test_a_backend_refuses_what_it_cannot_do(backend: str, params: FlowParams,
+                                             message: str) -> None:
+    frames = np.zeros((32, 32), dtype=np.uint8)
+    with pytest.raises(UserError, match=message):
+        compute_flow(frames, frames, backend, params)
