@@ -102,6 +102,8 @@ def _dataset_paths(dataset: str, root: Path | None, out: Path | None) -> tuple[P
               show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="Only N videos, spread over the set.")
 @click.option("--overwrite", is_flag=True, help="Recompute rows that are already done.")
+@click.option("--repair", is_flag=True, help="Read every chunk of the store first and recompute "
+              "the rows whose data is damaged (missing chunks are always recomputed).")
 @click.option("--strict", is_flag=True, help="Exit 1 if any video failed.")
 @click.option("--flush-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Write finished videos to the store at least this often.")
@@ -109,7 +111,7 @@ def _dataset_paths(dataset: str, root: Path | None, out: Path | None) -> tuple[P
 def features(dataset: str, root: Path | None, config: str | None, kind: str | None,
              splits: Path | None, out: Path | None, workers: int | None, scheduler: str | None,
              device: str, limit: int | None, overwrite: bool, strict: bool,
-             flush_seconds: float, as_json: bool) -> None:
+             flush_seconds: float, as_json: bool, repair: bool = False) -> None:
     """Extract RGB, flow and audio features of every video of DATASET into a Zarr store.
 
     Rerunning the same command resumes: finished videos are not recomputed.
@@ -123,8 +125,18 @@ def features(dataset: str, root: Path | None, config: str | None, kind: str | No
         kind=kind, root=root, profile=config, out=out,
         dataset=dataset, splits_dir=splits, workers=workers, scheduler=scheduler,
         device=device, limit=limit, overwrite=overwrite, flush_seconds=flush_seconds,
+        repair=repair,
     )
+    if result.run.interrupted:  # one line: the rows handed back so far are flushed
+        written, listed = result.written()
+        click.echo(f"interrupted: {written} of {listed} videos written to {out}; rerun the "
+                   f"same command to resume", err=True)
+        sys.exit(130)
     summary = summarize(result.store)
+    if result.damage is not None:
+        click.echo(result.damage.note(), err=True)
+    if result.relisting is not None:
+        click.echo(result.relisting.describe(), err=as_json)
     click.echo(format_run_summary(result.run), err=as_json)
     if result.skipped_missing:
         click.echo(f"note: {result.skipped_missing} listed videos are missing on disk",
@@ -132,13 +144,27 @@ def features(dataset: str, root: Path | None, config: str | None, kind: str | No
     if result.skipped_unsafe:
         click.echo(f"note: {result.skipped_unsafe} list entries lead outside {root} and were "
                    f"not read (`cli.py data validate` lists them)", err=True)
+    if result.skipped_unreadable:
+        click.echo(f"note: {result.skipped_unreadable} entries under {root} cannot be read and "
+                   f"were skipped (`cli.py data validate` lists them)", err=True)
     click.echo(json_text(summary) if as_json else format_summary(summary))
-    if result.run.interrupted:
-        sys.exit(130)
     failed = sum(m["counts"]["failed"] for m in summary["modalities"].values())
     done = sum(m["counts"]["done"] for m in summary["modalities"].values())
-    if done == 0 or (strict and failed):
+    if done == 0:
+        raise UserError(_no_features(summary, out))
+    if strict and failed:
         sys.exit(1)
+
+
+def _no_features(summary: dict, out: Path) -> str:
+    """Why a run that computed nothing usable is not a success, with the counts."""
+    counts = "; ".join(
+        f"{name}: " + ", ".join(f"{n} {label}" for label, n in info["counts"].items() if n)
+        for name, info in summary["modalities"].items())
+    if any(info["counts"]["failed"] for info in summary["modalities"].values()):
+        return (f"all {summary['videos']} videos failed ({counts}): see `cli.py store info "
+                f"{out}` for the errors")
+    return f"none of the {summary['videos']} videos has features ({counts})"
 
 
 @main.group()
@@ -149,10 +175,19 @@ def store() -> None:
 @store.command("info")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def store_info(path: Path, as_json: bool) -> None:
+@click.option("--verify", is_flag=True, help="Read every chunk: report the damaged rows per "
+              "modality, exit 1 if any.")
+def store_info(path: Path, as_json: bool, verify: bool = False) -> None:
     """Counts per modality and status, failures with their errors, the extraction config."""
     from pipeline.store.summary import format_summary, read_summary
 
+    if verify:
+        from pipeline.store.feature_store import open_store
+        from pipeline.store.verify import find_damage
+
+        report = find_damage(open_store(path), full=True, progress=not as_json)
+        click.echo(json_text(report.to_json()) if as_json else report.describe())
+        sys.exit(1 if report.damaged else 0)
     summary = read_summary(path)
     click.echo(json_text(summary) if as_json else format_summary(summary))
 

@@ -24,7 +24,7 @@ from pipeline.store.format import Status
 def test_store_holds_every_video_with_plain_zarr(toy_store: Path) -> None:
     group = zarr.open_group(toy_store, mode="r")
     attrs = group.attrs.asdict()
-    assert attrs["format"] == "attention-clusters-features" and attrs["format_version"] == 1
+    assert attrs["format"] == "attention-clusters-features" and attrs["format_version"] == 2
     assert attrs["dataset"] == "toy" and attrs["task"] == "single"
     assert len(attrs["classes"]) == 12
     ids = [str(i) for i in group["videos/id"][:]]

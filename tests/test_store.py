@@ -1,4 +1,7 @@
-"""The feature store (format v1): layout as plain Zarr sees it, resume, validation, faults."""
+"""The feature store (format v2): layout as plain Zarr sees it, resume, validation, faults.
+
+Resuming with a changed list of videos: tests/test_store_resume.py; damaged or foreign
+metadata: tests/test_store_metadata.py."""
 
 from __future__ import annotations
 
@@ -70,7 +73,7 @@ def test_plain_zarr_reads_the_layout(tmp_path):
 
     group = zarr.open_group(path, mode="r")
     attrs = group.attrs.asdict()
-    assert attrs["format"] == FORMAT_NAME and attrs["format_version"] == 1
+    assert attrs["format"] == FORMAT_NAME and attrs["format_version"] == 2
     assert attrs["dataset"] == "toy" and attrs["task"] == "single"
     assert attrs["classes"] == CLASSES
     assert attrs["modalities"]["flow"] == {"backend": "torch", "bound": 20.0}
@@ -82,6 +85,9 @@ def test_plain_zarr_reads_the_layout(tmp_path):
     np.testing.assert_array_equal(group["videos/label"][:], np.arange(40) % 3)
     assert group["videos/split"].dtype == np.uint8 and group["videos/split"].shape == (40, 2)
     assert group["videos/split"].attrs["split_names"] == SPLITS
+    for name, dtype in (("size", np.int64), ("mtime_ns", np.int64), ("listed", bool)):
+        assert group[f"videos/{name}"].dtype == dtype and group[f"videos/{name}"].shape == (40,)
+    assert (group["videos/size"][:] == -1).all() and group["videos/listed"][:].all()
 
     rgb = group["rgb"]
     assert rgb["features"].dtype == np.float16 and rgb["features"].shape == (40, 4, 8)
@@ -232,8 +238,6 @@ def test_different_config_is_refused_with_a_clear_message(tmp_path):
         make_store(path, n=6, modalities=modalities("opencv"))
     with pytest.raises(UserError, match=r"stores 'rgb' as 4x8, not 6x8"):
         make_store(path, n=6, modalities=modalities(rgb_positions=6))
-    with pytest.raises(UserError, match="different list of videos"):
-        make_store(path, n=7)
     with pytest.raises(UserError, match="dataset 'toy'"):
         make_store(path, n=6, dataset="ucf101")
     make_store(tmp_path / "multi.zarr", n=6, task="multi", labels=np.ones((6, 3)))
@@ -264,8 +268,8 @@ def test_open_rejects_what_is_not_a_store(tmp_path):
 def test_newer_format_version_is_refused(tmp_path):
     path = tmp_path / "s.zarr"
     make_store(path, n=3)
-    zarr.open_group(path, mode="r+").attrs["format_version"] = 2
-    with pytest.raises(UserError, match="format version 2 is newer than this software supports"):
+    zarr.open_group(path, mode="r+").attrs["format_version"] = 3
+    with pytest.raises(UserError, match="format version 3 is newer than this software supports"):
         open_store(path)
 
 
@@ -280,7 +284,7 @@ def test_file_count_stays_small_at_scale(tmp_path):
                              "flow": {"status": Status.FAILED, "error": "x"},
                              "audio": {"status": Status.ABSENT}})
     shards = -(-n // store.rows_per_shard)  # 5
-    arrays = 3 + 5 * 3  # videos/{id,label,split} + 5 arrays per modality
+    arrays = 6 + 5 * 3  # videos/{id,label,split,size,mtime_ns,listed} + 5 per modality
     groups = 1 + 1 + 3
     files = array_files(path)
     assert len(files) <= arrays * shards + arrays + groups  # data shards + zarr.json files

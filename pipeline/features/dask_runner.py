@@ -5,7 +5,8 @@ Generic on purpose: it knows nothing about videos (a failed item is reported wit
 the client, so a single process writes the store. Tasks are submitted lazily with a bounded
 number in flight (memory stays flat for any number of items), a task that raises becomes a
 failed result, a worker that dies has its task retried elsewhere, and Ctrl-C / SIGTERM stop the
-run cleanly so the caller can flush what is done.
+run cleanly so the caller can flush what is done. Local worker processes never see Ctrl-C (the
+terminal sends it to the whole process group): the client stops and closes them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 from typing import Any, TypeVar
 
 import dask
@@ -116,7 +118,11 @@ def format_run_summary(summary: RunSummary, max_failures: int = 20) -> str:
 
 
 def local_cluster_size(workers: int | None, cores: int | None = None) -> tuple[int, int]:
-    """(worker processes, math-library threads per worker) so workers share the cores."""
+    """(worker processes, threads per worker for the decoders and BLAS) to share the cores.
+
+    The models' math runs on a fixed number of threads whatever this gives (see
+    `extraction_threads`), so features do not depend on the worker count.
+    """
     cores = cores or os.cpu_count() or 1
     count = max(1, workers or cores)
     return count, max(1, cores // count)
@@ -132,10 +138,10 @@ def dask_client(
 ) -> Iterator[Client]:
     """A client on an existing scheduler address, or on a LocalCluster sized to the machine.
 
-    The local cluster runs one process per worker and gives each `cores / workers` threads for
-    torch/OpenMP, so workers do not oversubscribe the cores. `retries` is how many times a task
-    may lose its worker before it fails (the scheduler's allowed-failures); on an existing
-    cluster that setting belongs to its scheduler.
+    The local cluster runs one process per worker and gives each `cores / workers` threads
+    (OMP_NUM_THREADS & co.), so workers do not oversubscribe the cores. `retries` is how many
+    times a task may lose its worker before it fails (the scheduler's allowed-failures); on an
+    existing cluster that setting belongs to its scheduler.
     """
     if scheduler:
         try:
@@ -147,13 +153,13 @@ def dask_client(
         with client:
             yield client
         return
-    count, math_threads = local_cluster_size(workers)
-    env = dict.fromkeys(THREAD_ENV_VARS, str(math_threads))
+    count, threads = local_cluster_size(workers)
+    env = dict.fromkeys(THREAD_ENV_VARS, str(threads))
     # Saturation 1.0: a worker holds only the task it runs, so when a video kills its worker
     # no innocent queued task is blamed (and failed) with it.
     settings = {"distributed.scheduler.allowed-failures": retries,
                 "distributed.scheduler.worker-saturation": 1.0}
-    with dask.config.set(settings):
+    with dask.config.set(settings), _sigint_blocked():
         cluster = LocalCluster(
             n_workers=count,
             threads_per_worker=threads_per_worker,
@@ -166,20 +172,41 @@ def dask_client(
         yield client
 
 
-class _StopSignals:
-    """Ctrl-C and SIGTERM stop the run, but never in the middle of `on_result`.
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread while a local cluster starts.
 
-    A signal during `on_result` (which may be writing the store) is remembered and acted on
-    right after it returns; a second signal there, or one while waiting for results, raises
-    KeyboardInterrupt at once.
+    The threads the cluster starts (its event loop, which also restarts dead workers) inherit
+    the mask, and so do the worker processes they spawn: Ctrl-C, which the terminal sends to
+    the whole process group, is then handled by this process alone (it stops the run and
+    closes the workers) instead of printing a traceback from every worker. The
+    multiprocessing resource tracker is started first: starting it unblocks SIGINT in the
+    thread that does so (CPython's resource_tracker.ensure_running), which would undo this.
+    """
+    resource_tracker.ensure_running()
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+class _StopSignals:
+    """Ctrl-C and SIGTERM stop the run, but never in the middle of `on_result`, nor while the
+    local cluster starts or closes.
+
+    A signal during `on_result` (which may be writing the store) or while the cluster starts
+    is remembered and acted on right after; a second signal there, or one while waiting for
+    results, raises KeyboardInterrupt at once. Once stopping, the cluster closes in peace.
     """
 
     def __init__(self) -> None:
         self.in_critical = False
         self.requested = False
+        self.closing = False
 
     def handle(self, signum: int, frame: object) -> None:
-        if self.in_critical and not self.requested:
+        if self.closing or (self.in_critical and not self.requested):
             self.requested = True
             return
         raise KeyboardInterrupt
@@ -230,28 +257,27 @@ def run_tasks(
     the run goes on. Returns early with `interrupted=True` on Ctrl-C or SIGTERM; an exception
     from `on_result` (e.g. a full disk) stops the run and propagates.
     """
-    if client is None:
-        with dask_client(scheduler, workers, threads_per_worker, retries) as own_client:
-            return run_tasks(
-                items,
-                worker_fn,
-                on_result=on_result,
-                client=own_client,
-                max_in_flight=max_in_flight,
-                total=total,
-                progress=progress,
-                outcome=outcome,
-                description=description,
-            )
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
-    threads = sum(client.nthreads().values()) or 1
-    limit = max_in_flight or 2 * threads + 2
     summary = RunSummary(total=total)
     started = time.monotonic()
     stops = _StopSignals()
-    with stops.installed(), _progress_bar(total, progress, description) as bar:
-        _drive(client, iter(items), worker_fn, on_result, limit, summary, outcome, bar, stops)
+    with stops.installed():
+        try:
+            with contextlib.ExitStack() as own:
+                if client is None:
+                    with stops.critical():  # a Ctrl-C now stops the run once the cluster is up
+                        client = own.enter_context(
+                            dask_client(scheduler, workers, threads_per_worker, retries))
+                        own.callback(setattr, stops, "closing", True)  # runs before the close
+                threads = sum(client.nthreads().values()) or 1
+                limit = max_in_flight or 2 * threads + 2
+                started = time.monotonic()  # the rate is of tasks, not of the cluster's start
+                with _progress_bar(total, progress, description) as bar:
+                    _drive(client, iter(items), worker_fn, on_result, limit, summary, outcome,
+                           bar, stops)
+        except KeyboardInterrupt:
+            summary.interrupted = True
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -316,8 +342,8 @@ def _drive(
             future.release()
             label = outcome(result)
             summary.counts[label] += 1
-            if label == Status.FAILED.label and isinstance(result, Mapping):
-                summary.failures.append((row, str(result.get("error", ""))))
+            if label == Status.FAILED.label and isinstance(result, Mapping) and "error" in result:
+                summary.failures.append((row, str(result["error"])))
             with stops.critical():
                 on_result(row, result)
                 summary.completed += 1

@@ -2,11 +2,13 @@
 
 The client lists the dataset, creates (or reopens) the store, and writes every result itself;
 workers only decode and run models, each building its extractor once. Rerunning the same
-command resumes: rows already done are skipped.
+command resumes: rows already done are skipped, also when the list of videos changed (rows are
+matched to videos by id, with each file's size and mtime to notice a replaced file).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +18,22 @@ import numpy as np
 
 from extract.errors import UserError
 from pipeline.datasets.manifest import Manifest, load_manifest
-from pipeline.features.dask_runner import RunSummary, config_key, run_tasks, worker_cached
+from pipeline.features.dask_runner import (
+    RunSummary,
+    config_key,
+    default_outcome,
+    run_tasks,
+    worker_cached,
+)
 from pipeline.features.extractor import VideoFeatureExtractor, pick_evenly
 from pipeline.profiles import default_profile_for, load_profile
 from pipeline.store.create import create_store
 from pipeline.store.feature_store import FeatureStore
-from pipeline.store.format import ModalitySpec
+from pipeline.store.format import ModalitySpec, Status
+from pipeline.store.lock import store_lock
+from pipeline.store.repair import repair_damage
+from pipeline.store.resume import Relisting
+from pipeline.store.verify import DamageReport, find_damage
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,27 @@ class FeaturesRun:
     run: RunSummary
     skipped_missing: int
     skipped_unsafe: int = 0  # list entries (or symlinks) leading outside the root: never read
+    relisting: Relisting | None = None  # rows kept, added, vanished, reset: None if new store
+    skipped_unreadable: int = 0  # entries that cannot be read (a symlink loop, a FIFO, non-UTF-8)
+    damage: DamageReport | None = None  # damaged rows found, marked pending and recomputed
+
+    def written(self) -> tuple[int, int]:
+        """(listed videos with every modality in the store: done, absent or failed; listed)."""
+        pending = np.zeros(self.store.n, dtype=bool)
+        for name in self.store.modalities:
+            pending |= self.store.status(name) == Status.PENDING
+        return int((self.store.listed & ~pending).sum()), int(self.store.listed.sum())
+
+
+def video_outcome(result: Mapping[str, Any]) -> str:
+    """The run summary's label for one video: 'failed' when none of its modalities got
+    features and one failed, 'partly failed' when some did, else 'done' (absent is normal)."""
+    if "status" in result:  # the runner's failure of the whole task
+        return default_outcome(result)
+    statuses = {int(part["status"]) for part in result.values()}
+    if Status.FAILED not in statuses:
+        return Status.DONE.label
+    return "partly failed" if Status.DONE in statuses else Status.FAILED.label
 
 
 def extract_row(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -56,6 +89,18 @@ def select_videos(manifest: Manifest, limit: int | None) -> tuple[list[Any], int
     return existing, missing
 
 
+def file_stats(paths: list[Path]) -> np.ndarray:
+    """(N, 2) int64 size and mtime_ns of each file, -1 for one that cannot be stat-ed now."""
+    stats = np.full((len(paths), 2), -1, dtype=np.int64)
+    for row, path in enumerate(paths):
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        stats[row] = info.st_size, info.st_mtime_ns
+    return stats
+
+
 def open_or_create_store(out: Path, manifest: Manifest, videos: list[Any],
                          extractor: VideoFeatureExtractor, overwrite: bool) -> FeatureStore:
     specs = {name: ModalitySpec(int(settings["positions"]), extractor.dim(name),
@@ -72,6 +117,7 @@ def open_or_create_store(out: Path, manifest: Manifest, videos: list[Any],
         ids=[v.id for v in videos], labels=labels,
         splits=np.array([v.splits for v in videos], dtype=np.uint8),
         split_names=manifest.split_names, modalities=specs, overwrite=overwrite,
+        files=file_stats([manifest.path(v) for v in videos]),
     )
 
 
@@ -80,33 +126,43 @@ def run_features(
     kind: str | None = None,
     splits_dir: Path | None = None, workers: int | None = None, scheduler: str | None = None,
     device: str = "auto", limit: int | None = None, overwrite: bool = False,
-    progress: bool = True, flush_seconds: float = 30.0,
+    progress: bool = True, flush_seconds: float = 30.0, repair: bool = False,
 ) -> FeaturesRun:
     """Extract the features of every video of a dataset into `out`, resuming where it stopped.
 
     `profile` is a loaded profile, a profile name or path, or None for the dataset's own
     (configs/<dataset>.yaml, else the default); `kind` defaults to the profile's dataset.kind.
+    Before resuming, the store is checked for damage (chunk keys; every chunk's checksum with
+    `repair`) and the damaged rows are marked pending, so they are recomputed with the rest.
     """
-    if not isinstance(profile, Mapping):
-        profile = load_profile(profile or default_profile_for(dataset))
-    manifest = load_manifest(kind or profile["dataset"]["kind"], root, splits_dir)
-    manifest.dataset = dataset
-    videos, missing = select_videos(manifest, limit)
-    settings = {"modalities": profile["modalities"], "limits": profile["limits"],
-                "device": device}
-    # Built here too: it checks weights are available before any worker starts, and gives
-    # the feature widths and full configs the store records.
-    probe = VideoFeatureExtractor(settings["modalities"], settings["limits"], device)
-    store = open_or_create_store(out, manifest, videos, probe, overwrite)
-    del probe
-    todo = store.todo_rows(overwrite=overwrite)
-    items = [
-        (int(row), {"path": str(manifest.root / videos[row].id), "extractor": settings,
-                    "modalities": store.todo_modalities(int(row), overwrite)})
-        for row in todo
-    ]
-    with store.writer(expected_rows=todo, flush_seconds=flush_seconds) as writer:
-        summary = run_tasks(items, extract_row, on_result=writer.add, scheduler=scheduler,
-                            workers=workers, progress=progress, description="videos")
-    return FeaturesRun(store=store, run=summary, skipped_missing=missing,
-                       skipped_unsafe=len(manifest.problems.unsafe))
+    with store_lock(out):  # one run per store, refused before any work
+        if not isinstance(profile, Mapping):
+            profile = load_profile(profile or default_profile_for(dataset))
+        manifest = load_manifest(kind or profile["dataset"]["kind"], root, splits_dir)
+        manifest.dataset = dataset
+        videos, missing = select_videos(manifest, limit)
+        settings = {"modalities": profile["modalities"], "limits": profile["limits"],
+                    "device": device}
+        # Built here too: it checks weights are available before any worker starts, and gives
+        # the feature widths and full configs the store records.
+        probe = VideoFeatureExtractor(settings["modalities"], settings["limits"], device)
+        store = open_or_create_store(out, manifest, videos, probe, overwrite)
+        del probe
+        damage = find_damage(store, full=repair, progress=progress and repair)
+        if damage.damaged:
+            repair_damage(store, damage)
+        todo = store.todo_rows(overwrite=overwrite)
+        items = [
+            (int(row), {"path": str(manifest.root / store.ids[row]), "extractor": settings,
+                        "modalities": store.todo_modalities(int(row), overwrite)})
+            for row in todo
+        ]
+        with store.writer(expected_rows=todo, flush_seconds=flush_seconds) as writer:
+            summary = run_tasks(items, extract_row, on_result=writer.add, scheduler=scheduler,
+                                workers=workers, progress=progress, description="videos",
+                                outcome=video_outcome)
+        return FeaturesRun(store=store, run=summary, skipped_missing=missing,
+                           skipped_unsafe=len(manifest.problems.unsafe),
+                           skipped_unreadable=len(manifest.problems.unreadable),
+                           relisting=store.relisting,
+                           damage=damage if damage.damaged else None)

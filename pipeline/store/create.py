@@ -2,13 +2,15 @@
 
 A new store is built beside its final path and renamed into place once complete, with the
 format marker written last: a process killed while creating leaves no half-made store. A
-store reopened to resume must have been made for the same dataset, videos and extraction.
+store reopened to resume must have been made for the same dataset and extraction; its rows
+are matched to the videos listed now by `resume.relist`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -18,7 +20,13 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.store.feature_store import FeatureStore, open_store, storage_errors, write_videos
+from pipeline.store.feature_store import (
+    FeatureStore,
+    open_store,
+    root_attributes,
+    storage_errors,
+    write_videos,
+)
 from pipeline.store.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -27,6 +35,8 @@ from pipeline.store.format import (
     Status,
     StoreError,
 )
+from pipeline.store.resume import FILE_ARRAYS, check_resumable, relist
+from pipeline.store.verify import CHECKSUMMED, UNWRITTEN_ERROR, UNWRITTEN_STATUS
 from pipeline.versions import STORE_PACKAGES, software_versions
 
 MAX_ROWS_PER_SHARD = 1024
@@ -35,6 +45,7 @@ TARGET_SHARD_BYTES = 128 * 2**20
 TARGET_FEATURE_CHUNK_BYTES = 128 * 2**10
 MAX_FEATURE_CHUNK_ROWS = 16
 SMALL_CHUNK_ROWS = 64
+ZARR_TEMPORARY = re.compile(r"zarr\.[0-9a-f]{32}\.partial")  # zarr's LocalStore atomic write
 
 
 def rows_per_shard(row_bytes: int) -> int:
@@ -59,52 +70,40 @@ def _jsonable(value: Any) -> Any:
 
 
 
-def first_difference(old: Any, new: Any, where: str = "") -> str:
-    """Name the first setting that differs, e.g. 'backend torch vs opencv'."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new), key=str):
-            name = f"{where}.{key}" if where else str(key)
-            if key not in old:
-                return f"{name} not set vs {new[key]!r}"
-            if key not in new:
-                return f"{name} {old[key]!r} vs not set"
-            if old[key] != new[key]:
-                return first_difference(old[key], new[key], name)
-        return ""
-    label = where or "value"
-    plain = (str, int, float, bool)
-    if isinstance(old, plain) and isinstance(new, plain):
-        return f"{label} {old} vs {new}"
-    return f"{label} {old!r} vs {new!r}"
-
-
-
 def _create_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any, *,
                   chunk_rows: int, shard_rows: int, dims: tuple[str, ...], fill: Any) -> None:
+    """Every inner chunk carries a crc32c checksum, so damaged bytes fail to read."""
     inner = tuple(max(1, size) for size in shape[1:])
     group.create_array(name, shape=shape, dtype=dtype, chunks=(chunk_rows, *inner),
-                       shards=(shard_rows, *inner), fill_value=fill, dimension_names=dims)
+                       shards=(shard_rows, *inner), fill_value=fill, dimension_names=dims,
+                       compressors=CHECKSUMMED)
 
 
 def _create_modality(group: zarr.Group, name: str, spec: ModalitySpec, n: int,
                      shard_rows: int) -> None:
+    """The arrays of one modality, filled with values no written row holds (NaN features
+    and times, status 255, error '(unwritten)'): a chunk missing from disk can never pass
+    for a real row (verify.py). Status is written for every row now, so every status chunk
+    exists from the start."""
     length, dim = spec.positions, spec.dim
     small = min(SMALL_CHUNK_ROWS, shard_rows)
     _create_array(group, f"{name}/features", (n, length, dim), np.float16,
                   chunk_rows=feature_chunk_rows(length * dim * 2), shard_rows=shard_rows,
-                  dims=("video", "position", "channel"), fill=0)
+                  dims=("video", "position", "channel"), fill=np.nan)
     _create_array(group, f"{name}/mask", (n, length), bool, chunk_rows=small,
                   shard_rows=shard_rows, dims=("video", "position"), fill=False)
     _create_array(group, f"{name}/time", (n, length), np.float32, chunk_rows=small,
-                  shard_rows=shard_rows, dims=("video", "position"), fill=0.0)
+                  shard_rows=shard_rows, dims=("video", "position"), fill=np.nan)
     _create_array(group, f"{name}/status", (n,), np.uint8, chunk_rows=small,
-                  shard_rows=shard_rows, dims=("video",), fill=int(Status.PENDING))
+                  shard_rows=shard_rows, dims=("video",), fill=UNWRITTEN_STATUS)
+    group[f"{name}/status"][:] = np.full(n, Status.PENDING, dtype=np.uint8)
     _create_array(group, f"{name}/error", (n,), str, chunk_rows=small,
-                  shard_rows=shard_rows, dims=("video",), fill="")
+                  shard_rows=shard_rows, dims=("video",), fill=UNWRITTEN_ERROR)
 
 
 def _check_inputs(task: str, classes: Sequence[str], ids: Sequence[str], labels: Any,
-                  splits: Any, split_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+                  splits: Any, split_names: Sequence[str], files: Any
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if task not in ("single", "multi"):
         raise ValueError(f"task must be 'single' or 'multi', not {task!r}")
     if len(set(ids)) != len(ids):
@@ -118,70 +117,104 @@ def _check_inputs(task: str, classes: Sequence[str], ids: Sequence[str], labels:
         raise ValueError(f"labels of shape {labels.shape}, expected {shape}")
     splits = np.zeros((n, 0)) if splits is None else splits
     splits = np.asarray(splits, dtype=np.uint8).reshape(n, len(split_names))
-    return labels, splits
+    files = np.full((n, 2), -1, dtype=np.int64) if files is None else files
+    files = np.asarray(files, dtype=np.int64).reshape(n, 2)
+    return labels, splits, files
 
 
 def create_store(path: str | Path, *, dataset: str, task: str, classes: Sequence[str],
                  ids: Sequence[str], labels: Any = None, splits: Any = None,
                  split_names: Sequence[str] = (), modalities: Mapping[str, ModalitySpec],
-                 overwrite: bool = False) -> FeatureStore:
+                 files: Any = None, overwrite: bool = False) -> FeatureStore:
     """Create a store, or reopen the same one to resume.
 
-    Same dataset, ids and modality configs: the store is reopened (labels, classes and
-    splits refreshed from the manifest) and only rows not yet complete need work. Anything
-    else is refused unless `overwrite`, which deletes the old store. `labels` is (N,) int
-    (-1 unlabelled) for task "single" and (N, C) bool for "multi"; `splits` is (N, S).
+    Same dataset and modality configs: the store is reopened, its rows matched to `ids` by
+    id (new videos added, vanished ones marked, changed files reset: `store.relisting` says
+    how many), labels, classes and splits refreshed, and only listed rows not yet complete
+    need work. Anything else is refused unless `overwrite`, which deletes the old store.
+    `labels` is (N,) int (-1 unlabelled) for task "single" and (N, C) bool for "multi";
+    `splits` is (N, S); `files` is (N, 2) int64 file size and mtime_ns (-1 = unknown).
     """
     path = Path(path)
-    labels, splits = _check_inputs(task, classes, ids, labels, splits, split_names)
+    labels, splits, files = _check_inputs(task, classes, ids, labels, splits, split_names,
+                                          files)
     wanted = {name: ModalitySpec(spec.positions, spec.dim, _jsonable(spec.config))
               for name, spec in modalities.items()}
     with storage_errors(path, "create feature store at"):
         if path.exists() and overwrite:
-            open_store(path)  # refuses anything that is not a feature store
-            shutil.rmtree(path)
+            _remove_store(path)
         if path.exists():
-            store = open_store(path, writable=True)
-            _check_resumable(store, dataset=dataset, task=task, ids=ids, classes=classes,
-                             modalities=wanted)
-            store.update_videos(classes=classes, labels=labels, splits=splits,
-                                split_names=split_names)
-            return store
+            return _resume(path, dataset=dataset, task=task, classes=classes, ids=ids,
+                           labels=labels, splits=splits, split_names=split_names,
+                           files=files, modalities=wanted)
         return _create_new(path, dataset=dataset, task=task, classes=classes, ids=ids,
                            labels=labels, splits=splits, split_names=split_names,
-                           modalities=wanted)
+                           files=files, modalities=wanted)
 
 
-def _check_resumable(store: FeatureStore, *, dataset: str, task: str, ids: Sequence[str],
-                     classes: Sequence[str], modalities: Mapping[str, ModalitySpec]) -> None:
-    advice = "use --overwrite or another --out"
-    if store.dataset != dataset or store.task != task:
-        raise StoreError(f"{store.path} holds dataset '{store.dataset}' ({store.task}-label), "
-                         f"not '{dataset}' ({task}-label): {advice}")
-    if task == "multi" and len(classes) != len(store.classes):
-        raise StoreError(f"{store.path} has {len(store.classes)} classes, not {len(classes)}: "
-                         f"{advice}")
-    if store.ids != list(ids):
-        raise StoreError(f"{store.path} was made for a different list of videos "
-                         f"({store.n} vs {len(ids)}): {advice}")
-    if set(store.modalities) != set(modalities):
-        raise StoreError(f"{store.path} holds modalities {sorted(store.modalities)}, not "
-                         f"{sorted(modalities)}: {advice}")
-    for name, spec in modalities.items():
-        old = store.modalities[name]
-        if (old.positions, old.dim) != (spec.positions, spec.dim):
-            raise StoreError(f"{store.path} stores '{name}' as {old.positions}x{old.dim}, not "
-                             f"{spec.positions}x{spec.dim}: {advice}")
-        if old.config != spec.config:
-            raise StoreError(f"{store.path} was made with a different extraction config for "
-                             f"'{name}' ({first_difference(old.config, spec.config)}): "
-                             f"{advice}")
+def _remove_store(path: Path) -> None:
+    """Delete the store at `path` for --overwrite, even a damaged one, but never a folder
+    that may hold anything else: the root zarr.json must exist and either name this format,
+    or (unreadable, or naming no format) sit in a folder holding nothing but Zarr files."""
+    refusal = f"--overwrite deletes only a feature store, so {path} was not deleted"
+    if not path.is_dir() or not (path / "zarr.json").is_file():
+        raise StoreError(f"{path} is not an attention-clusters feature store (no zarr.json): "
+                         f"{refusal}")
+    try:
+        named = root_attributes(path).get("format")
+    except StoreError:
+        named = None
+    if named is not None and named != FORMAT_NAME:
+        raise StoreError(f"{path} holds a Zarr store of another format ({named!r}): {refusal}")
+    if named is None:
+        foreign = next((p for p in sorted(path.rglob("*")) if not _is_zarr_file(path, p)), None)
+        if foreign is not None:
+            raise StoreError(f"{path} has no readable feature-store metadata and holds "
+                             f"{foreign.relative_to(path)}, which Zarr did not write: "
+                             f"{refusal}")
+    shutil.rmtree(path)
+
+
+def _is_zarr_file(root: Path, path: Path) -> bool:
+    """A folder, a zarr.json, a chunk/shard file (under an array's `c/` folder), or the
+    temporary file of a zarr.json write that was killed (`zarr.<32 hex>.partial`)."""
+    parts = path.relative_to(root).parts
+    return (path.is_dir() or path.name == "zarr.json" or "c" in parts[:-1]
+            or ZARR_TEMPORARY.fullmatch(path.name) is not None)
+
+
+def _resume(path: Path, *, dataset: str, task: str, classes: Sequence[str],
+            ids: Sequence[str], labels: np.ndarray, splits: np.ndarray,
+            split_names: Sequence[str], files: np.ndarray,
+            modalities: Mapping[str, ModalitySpec]) -> FeatureStore:
+    old = open_store(path, writable=True)
+    check_resumable(old, dataset=dataset, task=task, classes=classes, modalities=modalities)
+    group = zarr.open_group(path, mode="r+")
+    _add_video_arrays(group, group["videos/id"].shape[0], old.rows_per_shard)
+    relisting = relist(old, group, ids=ids, files=files, labels=labels, splits=splits,
+                       split_names=split_names, classes=classes)
+    group.attrs["format_version"] = FORMAT_VERSION  # the v2 arrays exist now
+    store = FeatureStore(path, group)
+    store.relisting = relisting
+    return store
+
+
+def _add_video_arrays(group: zarr.Group, n: int, shard_rows: int) -> None:
+    """The per-video arrays format 2 adds, where missing (a v1 store, or a new one):
+    recorded file size and mtime (-1 = unknown) and whether the last run listed the video."""
+    small = min(SMALL_CHUNK_ROWS, shard_rows)
+    present = set(group["videos"].array_keys())
+    for name, dtype, fill in ((FILE_ARRAYS[0], np.int64, -1), (FILE_ARRAYS[1], np.int64, -1),
+                              ("videos/listed", bool, True)):
+        if name.split("/")[1] not in present:
+            _create_array(group, name, (n,), dtype, chunk_rows=small, shard_rows=shard_rows,
+                          dims=("video",), fill=fill)
 
 
 def _create_new(path: Path, *, dataset: str, task: str, classes: Sequence[str],
                 ids: Sequence[str], labels: np.ndarray, splits: np.ndarray,
-                split_names: Sequence[str], modalities: Mapping[str, ModalitySpec]
-                ) -> FeatureStore:
+                split_names: Sequence[str], files: np.ndarray,
+                modalities: Mapping[str, ModalitySpec]) -> FeatureStore:
     n = len(ids)
     row_bytes = max([spec.positions * spec.dim * 2 for spec in modalities.values()] or [1])
     shard_rows = rows_per_shard(row_bytes)
@@ -205,6 +238,9 @@ def _create_new(path: Path, *, dataset: str, task: str, classes: Sequence[str],
                   shard_rows=shard_rows, dims=("video", "split"), fill=Split.UNUSED)
     group["videos/id"][:] = np.asarray(list(ids), dtype=str)
     write_videos(group, task=task, labels=labels, splits=splits, split_names=split_names)
+    _add_video_arrays(group, n, shard_rows)
+    for column, name in enumerate(FILE_ARRAYS):
+        group[name][:] = files[:, column]
     for name, spec in modalities.items():
         _create_modality(group, name, spec, n, shard_rows)
     # The format marker goes last: a store interrupted while being created is not a store.

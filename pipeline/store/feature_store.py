@@ -1,32 +1,39 @@
-"""An open feature store: the one reader of store format v1, and the writer of its rows.
+"""An open feature store: the one reader of the store format, and the writer of its rows.
 
 Training, evaluation, `store info` and the Flash-MNIST study all read a store through
 `open_store`, so one set of checks and error messages guards every reader. Layout and
 semantics: docs/store-format.md. A row is complete or still pending: `status` is written after
-features/mask/time/error, so a crash between the two leaves the row pending.
+features/mask/time/error, so a crash between the two leaves the row pending. Metadata that is
+damaged or foreign is refused here with one line naming the store and what is wrong.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 
 from pipeline.store.format import (
     COMPLETE,
-    FORMAT_NAME,
-    FORMAT_VERSION,
     ModalitySpec,
+    Status,
     StoreError,
+    check_attributes,
+    damaged,
 )
 from pipeline.store.rows import PaddedRow, pad_row
+from pipeline.store.verify import read_rows, read_status, rewrite_array, write_errors
 from pipeline.store.writer import BufferedWriter, write_sorted_rows
+
+if TYPE_CHECKING:
+    from pipeline.store.resume import Relisting
 
 FIELDS = ("features", "mask", "time", "status")
 
@@ -61,8 +68,8 @@ def write_videos(group: zarr.Group, *, task: str, labels: np.ndarray, splits: np
                  split_names: Sequence[str]) -> None:
     """Labels and split membership of every video (refreshed from the manifest on resume)."""
     name = "videos/label" if task == "single" else "videos/labels"
-    group[name][:] = labels
-    group["videos/split"][:] = splits
+    rewrite_array(group[name], labels)
+    rewrite_array(group["videos/split"], splits)
     group["videos/split"].attrs["split_names"] = list(split_names)
 
 
@@ -77,16 +84,67 @@ class FeatureStore:
         self.task: str = attrs["task"]
         self.classes: list[str] = list(attrs["classes"])
         self.created: str = attrs.get("created", "")
+        self.format_version: int = attrs["format_version"]
         self.software: dict[str, str] = dict(attrs.get("software", {}))
+        self.relisting: Relisting | None = None  # set by create_store when it resumes
+        ids = self._array("videos/id", 1, 0)
+        self.rows_per_shard: int = ids.shards[0] if ids.shards else ids.chunks[0]
+        rows = ids.shape[0]
+        self._array("videos/label" if self.task == "single" else "videos/labels",
+                    1 if self.task == "single" else 2, rows)
+        split = self._array("videos/split", 2, rows)
+        self.split_names: list[str] = list(split.attrs.get("split_names", []))
         self.modalities: dict[str, ModalitySpec] = {}
         for name, config in attrs["modalities"].items():
-            features = group[f"{name}/features"]
+            features = self._array(f"{name}/features", 3, rows)
+            for field, ndim in (("mask", 2), ("time", 2), ("status", 1), ("error", 1)):
+                self._array(f"{name}/{field}", ndim, rows)
             self.modalities[name] = ModalitySpec(features.shape[1], features.shape[2], config)
-        ids = group["videos/id"]
-        self.rows_per_shard: int = ids.shards[0] if ids.shards else ids.chunks[0]
-        self.ids: list[str] = [str(video_id) for video_id in ids[:]]
-        self.split_names: list[str] = list(group["videos/split"].attrs.get("split_names", []))
-        self._status = {name: group[f"{name}/status"][:] for name in self.modalities}
+        recorded = {name: read_status(group[f"{name}/status"], rows) for name in self.modalities}
+        statuses = {name: status for name, (status, _) in recorded.items()}
+        self.ids: list[str] = self._read_ids(ids, statuses)
+        self._status = {name: status[:self.n] for name, status in statuses.items()}
+        self._lost = {name: lost[:self.n] for name, (_, lost) in recorded.items()}
+        listed = self._array("videos/listed", 1, rows, required=False)  # v1: all listed
+        self.listed: np.ndarray = (np.ones(self.n, dtype=bool) if listed is None
+                                   else listed[:self.n].astype(bool))
+
+    def _array(self, name: str, ndim: int, rows: int, required: bool = True) -> Any:
+        """The array `name` with at least `rows` rows (None if missing and not `required`),
+        or one damaged-store line. Arrays longer than `videos/id` are normal: a run adding
+        videos grows them first."""
+        try:
+            array = self._group[name]
+        except KeyError:
+            if not required:
+                return None
+            raise damaged(self.path, f"array {name} is missing") from None
+        except (zarr.errors.BaseZarrError, ValueError, TypeError) as exc:
+            raise damaged(self.path, f"the metadata of {name} is unreadable ({exc})") from exc
+        if not isinstance(array, zarr.Array) or array.ndim != ndim:
+            raise damaged(self.path, f"{name} is not a {ndim}-d array")
+        if array.shape[0] < rows:
+            raise damaged(self.path, f"{name} has {array.shape[0]} rows, videos/id {rows}")
+        return array
+
+    def _read_ids(self, array: zarr.Array, statuses: Mapping[str, np.ndarray]) -> list[str]:
+        """The video ids, without the empty ones a run adding videos leaves at the end if it
+        is stopped between growing `videos/id` and writing it (their rows are all pending).
+
+        Any other empty id means the id data is lost: the rows could not be matched to their
+        videos, so the store is refused rather than resumed under the wrong names."""
+        ids = [str(video_id) for video_id in read_rows(self, array.path, slice(None))]
+        n = len(ids)
+        while n and not ids[n - 1]:
+            n -= 1
+        empty = len(ids) - n + sum(1 for video_id in ids[:n] if not video_id)
+        started = any((status[n:] != Status.PENDING).any() for status in statuses.values())
+        if ids[:n].count("") or started:
+            raise damaged(self.path, f"videos/id has {empty} empty ids of {len(ids)}: the "
+                                     f"video id array is missing data")
+        if len(set(ids[:n])) != n:
+            raise damaged(self.path, "videos/id names a video twice")
+        return ids[:n]
 
     @property
     def n(self) -> int:
@@ -96,7 +154,7 @@ class FeatureStore:
     def labels(self) -> np.ndarray:
         """(N,) int32 for single-label stores, (N, C) bool for multi-label ones."""
         name = "videos/label" if self.task == "single" else "videos/labels"
-        return self._group[name][:]
+        return read_rows(self, name, slice(0, self.n))
 
     @property
     def num_splits(self) -> int:
@@ -105,10 +163,39 @@ class FeatureStore:
     @property
     def splits(self) -> np.ndarray:
         """(N, S) uint8: 0 unused, 1 train, 2 test, one column per name in `split_names`."""
-        return self._group["videos/split"][:]
+        return read_rows(self, "videos/split", slice(0, self.n))
 
     def status(self, modality: str) -> np.ndarray:
-        return self._status[self._known(modality)].copy()
+        """Per-row status codes. A reader stops at rows whose status chunk is damaged; the
+        writer (`features`) sees them as pending and recomputes them."""
+        lost = np.flatnonzero(self._lost[self._known(modality)])
+        if len(lost) and self._group.store.read_only:
+            read_rows(self, f"{modality}/status", lost)  # raises with the damaged rows
+        return self._status[modality].copy()
+
+    def recorded_status(self, modality: str) -> tuple[np.ndarray, np.ndarray]:
+        """(status, lost): lost rows (status chunk damaged) read as pending in `status`."""
+        return self._status[modality].copy(), self._lost[modality].copy()
+
+    def array(self, name: str) -> zarr.Array:
+        return self._group[name]
+
+    def array_names(self) -> list[str]:
+        """Every array of the store, e.g. 'videos/id', 'rgb/features'."""
+        return sorted(name for name, node in self._group.members(max_depth=None)
+                      if isinstance(node, zarr.Array))
+
+    def mark_pending(self, modality: str, rows: Sequence[int]) -> None:
+        """Set rows of one modality back to pending (their data is damaged): recomputed next."""
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if len(rows):
+            self._write(f"{modality}/status", rows, np.full(len(rows), Status.PENDING, np.uint8))
+            self._status[modality][rows] = Status.PENDING
+            self._lost[modality][rows] = False
+
+    def _write(self, name: str, rows: np.ndarray, values: np.ndarray) -> None:
+        with storage_errors(self.path, "write features to"), write_errors(self, name, rows):
+            write_sorted_rows(self._group[name], rows, values, self.rows_per_shard)
 
     def _known(self, modality: str) -> str:
         if modality not in self.modalities:
@@ -124,12 +211,13 @@ class FeatureStore:
 
     def todo_rows(self, overwrite: bool = False, modalities: Iterable[str] | None = None
                   ) -> np.ndarray:
-        """Rows that some modality still needs: pending or failed (absent counts as complete)."""
+        """Listed rows that some modality still needs: pending or failed (absent counts as
+        complete). Vanished videos (not listed by the last run) are never recomputed."""
         names = [self._known(m) for m in (modalities or self.modalities)]
         needed = np.zeros(self.n, dtype=bool)
         for name in names:
             needed |= self._needs_work(name, overwrite)
-        return np.flatnonzero(needed)
+        return np.flatnonzero(needed & self.listed)
 
     def todo_modalities(self, row: int, overwrite: bool = False) -> list[str]:
         """The modalities of one row that still need computing, so done ones are not redone."""
@@ -151,15 +239,13 @@ class FeatureStore:
         if np.any(np.diff(sorted_rows) == 0):
             raise ValueError("a row appears twice in one write")
         blocks = self._blocks(sorted_rows, [results[i] for i in order])
-        with storage_errors(self.path, "write features to"):
-            for name, (block_rows, block) in blocks.items():
-                for field in ("features", "mask", "time", "error"):
-                    write_sorted_rows(self._group[f"{name}/{field}"], block_rows,
-                                getattr(block, field), self.rows_per_shard)
-            for name, (block_rows, block) in blocks.items():
-                write_sorted_rows(self._group[f"{name}/status"], block_rows, block.status,
-                            self.rows_per_shard)
-                self._status[name][block_rows] = block.status
+        for name, (block_rows, block) in blocks.items():
+            for field in ("features", "mask", "time", "error"):
+                self._write(f"{name}/{field}", block_rows, getattr(block, field))
+        for name, (block_rows, block) in blocks.items():
+            self._write(f"{name}/status", block_rows, block.status)
+            self._status[name][block_rows] = block.status
+            self._lost[name][block_rows] = False
 
     def _blocks(self, rows: np.ndarray, results: Sequence[Mapping[str, Any]]
                 ) -> dict[str, tuple[np.ndarray, ModalityRows]]:
@@ -187,14 +273,16 @@ class FeatureStore:
              fields: Sequence[str] = FIELDS) -> tuple[np.ndarray, ...]:
         """The `fields` of some rows, by default (features float16 (n,L,D), mask bool (n,L),
         time float32 (n,L), status uint8 (n,)); readers that need less read less."""
-        group = self._group[self._known(modality)]
+        self._known(modality)
         selection: Any = slice(None) if rows is None else rows
-        if not isinstance(selection, slice):
+        if isinstance(selection, slice):  # never past videos/id, which may be shorter
+            selection = slice(*selection.indices(self.n))
+        else:
             selection = np.asarray(selection, dtype=np.int64)
-        return tuple(group[field][selection] for field in fields)
+        return tuple(read_rows(self, f"{modality}/{field}", selection) for field in fields)
 
     def errors(self, modality: str) -> np.ndarray:
-        return self._group[f"{self._known(modality)}/error"][:]
+        return read_rows(self, f"{self._known(modality)}/error", slice(0, self.n))
 
     def chunk_rows(self, modality: str) -> int:
         """Rows per inner feature chunk: readers align their blocks to it."""
@@ -204,31 +292,33 @@ class FeatureStore:
                max_buffered_rows: int | None = None) -> BufferedWriter:
         return BufferedWriter(self, expected_rows, flush_seconds, max_buffered_rows)
 
-    def update_videos(self, *, classes: Sequence[str], labels: np.ndarray, splits: np.ndarray,
-                      split_names: Sequence[str]) -> None:
-        """Refresh class names, labels and splits from the manifest (on resume)."""
-        self._group.attrs["classes"] = list(classes)
-        self.classes = list(classes)
-        write_videos(self._group, task=self.task, labels=labels, splits=splits,
-                     split_names=split_names)
-        self.split_names = list(split_names)
+
+def root_attributes(path: Path) -> dict[str, Any]:
+    """The attributes in the root zarr.json, read as plain JSON so that a damaged file gets a
+    message saying how it is damaged rather than whatever zarr trips over."""
+    marker = path / "zarr.json"
+    if not path.is_dir() or not marker.is_file():
+        raise StoreError(f"{path} is not an attention-clusters feature store")
+    try:
+        metadata = json.loads(marker.read_bytes())
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise damaged(path, f"zarr.json is not valid JSON ({exc})") from exc
+    if not isinstance(metadata, dict):
+        raise damaged(path, f"zarr.json holds a JSON {type(metadata).__name__}, not an object")
+    attrs = metadata.get("attributes", {})
+    if not isinstance(attrs, dict):
+        raise damaged(path, "the attributes in zarr.json are not an object")
+    return attrs
 
 
 def _open_group(path: Path, mode: str) -> zarr.Group:
     if not path.exists():
         raise StoreError(f"{path} does not exist: run `make features` (or `cli.py features`)")
+    check_attributes(path, root_attributes(path))
     try:
-        group = zarr.open_group(path, mode=mode)
-    except (zarr.errors.BaseZarrError, OSError, ValueError, TypeError) as exc:
-        raise StoreError(f"{path} is not an attention-clusters feature store") from exc
-    attrs = group.attrs.asdict()
-    if attrs.get("format") != FORMAT_NAME:
-        raise StoreError(f"{path} is not an attention-clusters feature store")
-    version = attrs.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise StoreError(f"{path}: format version {version} is newer than this software "
-                         f"supports ({FORMAT_VERSION}); upgrade attention-clusters")
-    return group
+        return zarr.open_group(path, mode=mode)
+    except (zarr.errors.BaseZarrError, ValueError, TypeError) as exc:
+        raise damaged(path, f"zarr cannot open its root group ({exc})") from exc
 
 
 def open_store(path: str | Path, *, writable: bool = False) -> FeatureStore:

@@ -15,28 +15,33 @@ from typing import Any
 import numpy as np
 
 from pipeline.store.feature_store import FeatureStore, open_store
-from pipeline.store.format import FORMAT_VERSION, Status, StoreError
+from pipeline.store.format import Status, StoreError
 
 READ_ATTEMPTS = 3
 RETRY_SECONDS = 0.5
 
 
 def summarize(store: FeatureStore, max_failures: int = 20) -> dict[str, Any]:
-    """Counts per modality and status, the first failures with their errors, the configs."""
+    """Counts per modality and status, the first failures with their errors, the configs.
+
+    Counts are of the listed videos: vanished ones (not listed by the last run, kept in the
+    store for a later run that lists them again) are counted apart."""
     modalities = {}
     for name, spec in store.modalities.items():
-        status = store.status(name)
+        listed = np.flatnonzero(store.listed)
+        status = store.status(name)[listed]
         counts = Counter({s.label: 0 for s in Status})
         counts.update(Status(int(value)).label for value in status)
-        failed_rows = np.flatnonzero(status == Status.FAILED)[:max_failures]
+        failed_rows = listed[status == Status.FAILED][:max_failures]
         errors = store.errors(name) if len(failed_rows) else None
         failures = [{"row": int(r), "id": store.ids[r], "error": str(errors[int(r)])}
                     for r in failed_rows]
         modalities[name] = {"positions": spec.positions, "dim": spec.dim,
                             "counts": dict(counts), "failures": failures,
                             "config": spec.config}
-    return {"path": str(store.path), "format_version": FORMAT_VERSION,
-            "dataset": store.dataset, "task": store.task, "videos": store.n,
+    return {"path": str(store.path), "format_version": store.format_version,
+            "dataset": store.dataset, "task": store.task,
+            "videos": int(store.listed.sum()), "vanished": int((~store.listed).sum()),
             "classes": len(store.classes), "splits": store.split_names,
             "rows_per_shard": store.rows_per_shard, "created": store.created,
             "software": store.software, "modalities": modalities}
@@ -70,7 +75,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     """Human-readable `store info`: what the store holds and what is left to do."""
     lines = [
         f"{summary['path']}: dataset {summary['dataset']} ({summary['task']}-label), "
-        f"{summary['videos']} videos, {summary['classes']} classes",
+        f"{summary['videos']} videos, {summary['classes']} classes"
+        + (f"; {summary['vanished']} vanished videos kept (not listed by the last run, not "
+           f"used)" if summary["vanished"] else ""),
         f"splits: {', '.join(summary['splits']) or 'none'}; created {summary['created']}; "
         f"format v{summary['format_version']}, {summary['rows_per_shard']} rows per shard",
     ]

@@ -11,6 +11,7 @@ import pytest
 import zarr
 
 from extract.errors import UserError
+from pipeline.features import dask_runner
 from pipeline.features.dask_runner import (
     config_key,
     dask_client,
@@ -42,6 +43,11 @@ def features_of(seed: int) -> dict:
 
 def pid_and_threads(_: object) -> dict:
     return {"pid": os.getpid(), "omp": os.environ.get("OMP_NUM_THREADS")}
+
+
+def sigint_blocked() -> bool:
+    """Run on a worker: whether Ctrl-C (SIGINT to the process group) can reach it."""
+    return signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
 def uses_a_cached_model(log_path: str) -> int:
@@ -148,6 +154,30 @@ def test_a_worker_killed_once_is_retried_elsewhere(client, tmp_path):
     assert (tmp_path / "1.died").exists()  # the worker really died once
     assert {row: r["status"] for row, r in results.items()} == dict.fromkeys(range(4), Status.DONE)
     assert summary.counts == {"done": 4}
+
+
+def test_workers_never_see_ctrl_c_also_after_a_restart(client, tmp_path):
+    """The terminal sends SIGINT to every process of the group: only the client must act."""
+    assert set(client.run(sigint_blocked).values()) == {True}
+    collect(client, [(1, (str(tmp_path), 1))], dies_the_first_time)  # a worker is restarted
+    client.wait_for_workers(2)
+    assert (tmp_path / "1.died").exists()
+    assert set(client.run(sigint_blocked).values()) == {True}
+    assert not sigint_blocked()  # and the client itself is reached
+
+
+def test_ctrl_c_while_the_cluster_starts_stops_the_run_once_it_is_up(monkeypatch):
+    real = dask_runner.LocalCluster
+
+    def interrupted_while_starting(**options):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(**options)
+
+    monkeypatch.setattr(dask_runner, "LocalCluster", interrupted_while_starting)
+    seen: dict[int, object] = {}
+    summary = run_tasks([(row, row) for row in range(4)], features_of,
+                        on_result=seen.__setitem__, workers=1, progress=False)
+    assert summary.interrupted and summary.completed == 0 and seen == {}
 
 
 def test_a_task_that_kills_every_worker_fails_after_the_retries(client):
