@@ -23,8 +23,11 @@ from extract.video.frames import probe, read_gray_stacks, read_rgb, segment_cent
 from extract.video.sampler import SeekError, sample_runs
 from pipeline.features.extractor import VideoFeatureExtractor
 from pipeline.profiles import load_profile
-from pipeline.store.format import Status
+from pipeline.store.create import create_store
+from pipeline.store.feature_store import open_store
+from pipeline.store.format import ModalitySpec, Status
 from pipeline.store.rows import pad_row
+from pipeline.store.summary import format_summary, summarize
 from tests.hostile import audio_only
 from tests.profiles import CHEAP_PROFILE
 from tests.synth_video import frame_index_of, indexed_frame, make_clip, tone
@@ -281,3 +284,27 @@ def test_a_failed_seek_names_the_file_and_what_failed(tmp_path: Path) -> None:
                                  " seeking to 0.88s failed")
     assert isinstance(caught.value, DecodeError)
     assert runs(seek=False) == [25, 225]
+
+
+def test_the_store_records_the_stream_each_row_was_read_from(
+        footage: Path, hostile: dict[str, Path], tmp_path: Path) -> None:
+    """Rows written the way `features` writes them keep the stream index; `store info`
+    shows which streams were decoded when any file was not read from its first one."""
+    profile_path = tmp_path / "cheap.yaml"
+    profile_path.write_text(CHEAP_PROFILE)
+    profile = load_profile(profile_path)
+    extractor = VideoFeatureExtractor(profile["modalities"], profile["limits"], "cpu")
+    specs = {name: ModalitySpec(int(s["positions"]), extractor.dim(name), extractor.config(name))
+             for name, s in extractor.settings.items()}
+    store = create_store(tmp_path / "streams.zarr", dataset="streams", task="single",
+                         classes=["a"], ids=["plain.mp4", "cover first.mp4"],
+                         labels=[0, 0], modalities=specs)
+    store.write_rows([0, 1], [extractor.extract(footage),
+                              extractor.extract(hostile["cover first.mp4"])])
+    reopened = open_store(store.path)
+    for name in ("rgb", "flow"):
+        assert reopened.streams(name).tolist() == [0, 1]
+    assert reopened.streams("audio").tolist() == [-1, -1]  # not recorded for audio
+    summary = summarize(reopened)
+    assert summary["modalities"]["rgb"]["streams"] == {"0": 1, "1": 1}
+    assert "  videos per stream decoded: stream 0: 1, stream 1: 1" in format_summary(summary)

@@ -99,6 +99,8 @@ def _create_modality(group: zarr.Group, name: str, spec: ModalitySpec, n: int,
     group[f"{name}/status"][:] = np.full(n, Status.PENDING, dtype=np.uint8)
     _create_array(group, f"{name}/error", (n,), str, chunk_rows=small,
                   shard_rows=shard_rows, dims=("video",), fill=UNWRITTEN_ERROR)
+    _create_array(group, f"{name}/stream", (n,), np.int16, chunk_rows=small,
+                  shard_rows=shard_rows, dims=("video",), fill=-1)
 
 
 def _check_inputs(task: str, classes: Sequence[str], ids: Sequence[str], labels: Any,

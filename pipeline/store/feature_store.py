@@ -47,6 +47,7 @@ class ModalityRows:
     time: np.ndarray
     status: np.ndarray
     error: np.ndarray
+    stream: np.ndarray
 
 
 @contextmanager
@@ -100,6 +101,8 @@ class FeatureStore:
             for field, ndim in (("mask", 2), ("time", 2), ("status", 1), ("error", 1)):
                 self._array(f"{name}/{field}", ndim, rows)
             self.modalities[name] = ModalitySpec(features.shape[1], features.shape[2], config)
+        self._streams = {f"{name}/stream" for name in self.modalities
+                         if self._array(f"{name}/stream", 1, rows, required=False) is not None}
         recorded = {name: read_status(group[f"{name}/status"], rows) for name in self.modalities}
         statuses = {name: status for name, (status, _) in recorded.items()}
         self.ids: list[str] = self._read_ids(ids, statuses)
@@ -180,6 +183,17 @@ class FeatureStore:
     def array(self, name: str) -> zarr.Array:
         return self._group[name]
 
+    def records_streams(self, modality: str) -> bool:
+        """Whether the store has `<modality>/stream` (stores made before it was added do not)."""
+        return f"{modality}/stream" in self._streams
+
+    def streams(self, modality: str) -> np.ndarray:
+        """(N,) int16: the index of the file's stream each row was read from, -1 unknown."""
+        name = f"{self._known(modality)}/stream"
+        if name not in self._streams:
+            return np.full(self.n, -1, dtype=np.int16)
+        return read_rows(self, name, slice(0, self.n))
+
     def array_names(self) -> list[str]:
         """Every array of the store, e.g. 'videos/id', 'rgb/features'."""
         return sorted(name for name, node in self._group.members(max_depth=None)
@@ -240,8 +254,9 @@ class FeatureStore:
             raise ValueError("a row appears twice in one write")
         blocks = self._blocks(sorted_rows, [results[i] for i in order])
         for name, (block_rows, block) in blocks.items():
-            for field in ("features", "mask", "time", "error"):
-                self._write(f"{name}/{field}", block_rows, getattr(block, field))
+            for field in ("features", "mask", "time", "error", "stream"):
+                if field != "stream" or self.records_streams(name):
+                    self._write(f"{name}/{field}", block_rows, getattr(block, field))
         for name, (block_rows, block) in blocks.items():
             self._write(f"{name}/status", block_rows, block.status)
             self._status[name][block_rows] = block.status
@@ -266,7 +281,8 @@ class FeatureStore:
                 np.stack([p.features for p in padded]), np.stack([p.mask for p in padded]),
                 np.stack([p.time for p in padded]),
                 np.asarray([p.status for p in padded], dtype=np.uint8),
-                np.asarray([p.error for p in padded], dtype=str)))
+                np.asarray([p.error for p in padded], dtype=str),
+                np.asarray([p.stream for p in padded], dtype=np.int16)))
         return blocks
 
     def read(self, modality: str, rows: Sequence[int] | slice | None = None,

@@ -19,13 +19,15 @@ MAX_ERROR_CHARS = 2000
 
 @dataclass
 class PaddedRow:
-    """features (L, D) float16 zero-padded, mask (L,) false on padding, time (L,) seconds."""
+    """features (L, D) float16 zero-padded, mask (L,) false on padding, time (L,) seconds,
+    and which stream of the file was decoded (a cover picture or a still is never chosen)."""
 
     features: np.ndarray
     mask: np.ndarray
     time: np.ndarray
     status: Status
     error: str
+    stream: int = -1  # index of the file's stream the features came from, -1 unknown
 
 
 def parse_status(value: Any) -> Status:
@@ -39,13 +41,14 @@ def parse_status(value: Any) -> Status:
 
 
 def pad_row(result: Mapping[str, Any], positions: int, dim: int) -> PaddedRow:
-    """{status, features (l<=L, D), mask, time, error} -> a row of L positions."""
+    """{status, features (l<=L, D), mask, time, error, stream} -> a row of L positions."""
     status = parse_status(result.get("status", Status.DONE))
     if status == Status.PENDING:
         raise ValueError("a result cannot set a row back to pending")
     features = np.zeros((positions, dim), dtype=np.float16)
     mask = np.zeros(positions, dtype=bool)
     times = np.zeros(positions, dtype=np.float32)
+    stream = -1
     if status == Status.DONE:
         values = np.asarray(result["features"])
         if values.ndim != 2 or values.shape[1] != dim or values.shape[0] > positions:
@@ -56,5 +59,6 @@ def pad_row(result: Mapping[str, Any], positions: int, dim: int) -> PaddedRow:
         mask[:used] = True if given_mask is None else np.asarray(given_mask, dtype=bool)[:used]
         if result.get("time") is not None:
             times[:used] = np.asarray(result["time"], dtype=np.float32)[:used]
+        stream = int(result.get("stream", -1))
     error = str(result.get("error") or "")[:MAX_ERROR_CHARS]
-    return PaddedRow(features, mask, times, status, error)
+    return PaddedRow(features, mask, times, status, error, stream)

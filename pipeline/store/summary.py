@@ -36,8 +36,10 @@ def summarize(store: FeatureStore, max_failures: int = 20) -> dict[str, Any]:
         errors = store.errors(name) if len(failed_rows) else None
         failures = [{"row": int(r), "id": store.ids[r], "error": str(errors[int(r)])}
                     for r in failed_rows]
+        streams = Counter(int(s) for s in store.streams(name)[listed] if s >= 0)
         modalities[name] = {"positions": spec.positions, "dim": spec.dim,
                             "counts": dict(counts), "failures": failures,
+                            "streams": {str(index): n for index, n in sorted(streams.items())},
                             "config": spec.config}
     return {"path": str(store.path), "format_version": store.format_version,
             "dataset": store.dataset, "task": store.task,
@@ -86,6 +88,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         described = ", ".join(f"{counts[s.label]} {s.label}" for s in Status)
         lines.append(f"{name}: {info['positions']} x {info['dim']}: {described}")
         lines.append(f"  extraction: {_describe_config(info['config'])}")
+        if set(info["streams"]) - {"0"}:  # some files hold a cover picture or a still first
+            used = ", ".join(f"stream {index}: {n}" for index, n in info["streams"].items())
+            lines.append(f"  videos per stream decoded: {used}")
         for failure in info["failures"]:
             lines.append(f"  failed {failure['id']}: {failure['error']}")
         shown = len(info["failures"])
