@@ -6,8 +6,8 @@
 * `toy_store`: the features of `toy_dataset` (13 rows, the corrupt one failed), made the way
   `make features` makes them: one LocalCluster worker process. The kill -9 test in
   tests/system/ runs `cli.py features` like that and requires the two stores to be equal bit
-  for bit; an in-process worker would not do (it computes with this process's 2 torch
-  threads, a worker process with 1: float16 features differ in the last bit).
+  for bit (extraction runs at one torch thread in every process, so the worker count does
+  not change a bit: tests/test_worker_count.py).
 * `toy_checkpoint`: a 2-epoch training run on `toy_store`.
 * `inprocess_scheduler`: the address of a Dask cluster whose worker is threads of this process,
   for runs whose values are checked (pass `scheduler=` to `run_features` / `run_tasks`):
