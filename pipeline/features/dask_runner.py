@@ -260,6 +260,8 @@ def run_tasks(
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
     summary = RunSummary(total=total)
+    if total == 0:  # a finished run resumed: no cluster to start for nothing
+        return summary
     started = time.monotonic()
     stops = _StopSignals()
     with stops.installed():

@@ -222,6 +222,13 @@ def test_unreachable_scheduler_is_a_user_error():
         pass
 
 
+def test_nothing_to_do_starts_no_cluster():
+    """A finished run resumed: zero items return at once, even with no scheduler to reach."""
+    summary = run_tasks([], features_of, on_result=lambda row, result: None,
+                        scheduler="tcp://127.0.0.1:9", progress=False)
+    assert (summary.total, summary.completed, summary.interrupted) == (0, 0, False)
+
+
 def store_row(seed: int) -> dict:
     """A worker function producing one store row (per modality), deterministic per video."""
     rng = np.random.default_rng(seed)
