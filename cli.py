@@ -235,7 +235,8 @@ def train(dataset: str, store_path: Path | None, out: Path | None, split: str,
         best = result.best_metrics
         headline = ", ".join(f"{k} {v:.3f}" for k, v in best.items()
                              if k in ("top1", "top5", "mean_class_accuracy", "gap", "map"))
-        click.echo(f"split {result.split}: best epoch {result.best_epoch}: {headline}")
+        click.echo(f"split {result.split}: best epoch {result.best_epoch} of {result.epochs} "
+                   f"({result.steps} optimiser steps): {headline}")
         click.echo(f"checkpoint: {result.checkpoint}")
 
 

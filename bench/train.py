@@ -151,7 +151,7 @@ def run_mode(store: Path, mode: str, unit: str, batch_size: int) -> dict[str, fl
     loaded = time.perf_counter()
     model = build_model(data, config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
-    loss, accuracy = train_epoch(model, data, optimizer, config, torch.device("cpu"), 1)
+    loss, accuracy, _ = train_epoch(model, data, optimizer, config, torch.device("cpu"), 1)
     finished = time.perf_counter()
     peak = memory.stop()
     return {

@@ -340,3 +340,52 @@ def test_bad_training_options(store: Path) -> None:
         TrainConfig.from_dict({"epoch_count": 3})
     with pytest.raises(UserError, match="schedule must be one of"):
         TrainConfig.from_dict({"schedule": "linear"})
+
+
+@pytest.mark.parametrize(("settings", "train_rows", "epochs"), [
+    ({}, 24, 600),  # 3 classes x 8 videos at batch 64: one step per epoch
+    ({"batch_size": 8}, 24, 200),  # three steps per epoch
+    ({}, 9537, 30),  # UCF101's split 1: 150 steps per epoch, min_epochs decides
+    ({"epochs": 2}, 24, 2),  # an explicit count is what the user asked for
+    ({"min_steps": 0}, 24, 30),
+])
+def test_the_default_budget_depends_on_the_data(settings: dict, train_rows: int,
+                                                epochs: int) -> None:
+    assert TrainConfig.from_dict(settings).epochs_for(train_rows) == epochs
+
+
+@pytest.mark.parametrize("settings", [{"min_steps": -1}, {"min_epochs": 0}, {"epochs": 0}])
+def test_impossible_budgets_are_refused(settings: dict) -> None:
+    with pytest.raises(UserError, match="must be at least"):
+        TrainConfig.from_dict(settings)
+
+
+def test_ties_go_to_the_epoch_with_the_lower_loss(tmp_path: Path) -> None:
+    """Top-1 saturates after a few epochs while the loss keeps falling: the kept checkpoint is
+    the most confident of the best-top-1 epochs, not the first (and least trained) of them."""
+    clear = make_store(tmp_path / "clear.zarr", n=80, signal=8.0)
+    result = train(clear, tmp_path, quick_config(epochs=8))
+    top = max(h["val"]["top1"] for h in result.history)
+    tied = [h for h in result.history if h["val"]["top1"] == top]
+    lowest = min(tied, key=lambda h: h["val"]["loss"])
+    assert len(tied) > 1 and lowest["epoch"] != tied[0]["epoch"]
+    assert result.best_epoch == lowest["epoch"]
+    assert load_checkpoint(result.checkpoint)["epoch"] == lowest["epoch"]
+    history = json.loads((tmp_path / "metrics.json").read_text())
+    assert history["best_epoch"] == lowest["epoch"]
+
+
+def test_training_output_says_how_many_steps(store: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """epochs unset: raised from min_epochs to reach min_steps, and the output says so."""
+    config = quick_config(epochs=None, min_epochs=2, min_steps=12, batch_size=32,
+                          progress=True)
+    result = train(store, tmp_path, config)
+    printed = capsys.readouterr().out
+    steps_per_epoch = result.history[0]["steps"]
+    assert result.epochs == -(-12 // steps_per_epoch) > 2
+    assert result.steps == result.epochs * steps_per_epoch == result.history[-1]["steps"]
+    assert (f"{result.epochs} epochs x {steps_per_epoch} optimiser steps (batch 32) = "
+            f"{result.steps} steps (epochs not set: raised from min_epochs 2") in printed, printed
+    assert f"| {result.steps} steps" in printed
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == result.steps

@@ -33,7 +33,11 @@ from model.network import AttentionClusterNet, probabilities
 from pipeline.features.extractor import VideoFeatureExtractor
 from pipeline.store.format import COMPLETE, Status
 from pipeline.store.rows import pad_row
-from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint
+from pipeline.train.checkpoint import (
+    extraction_difference,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from pipeline.train.runs import newest_checkpoint
 
 
@@ -85,6 +89,16 @@ def load_classifier(checkpoint: str | Path, device: str = "auto") -> Classifier:
     recorded = {name: content["modalities"].get(name) or {}
                 for name in content["model_config"]["modalities"]}
     extractor = VideoFeatureExtractor.from_record(recorded, torch_device)
+    # The rebuild checks each weights file's sha256; this also catches what it cannot: another
+    # PCA file, or software that would preprocess or sample differently from the record.
+    difference = extraction_difference(
+        content, {name: extractor.config(name) for name in recorded}, str(checkpoint))
+    if difference:
+        raise UserError(
+            f"{checkpoint}: this installation would extract features differently from those "
+            f"the model was trained on: {difference} (checkpoint vs here); use the software "
+            "and weights files the checkpoint records, or retrain"
+        )
     lengths = {}
     for name, (width, _units) in content["model_config"]["modalities"].items():
         if extractor.dim(name) != int(width):

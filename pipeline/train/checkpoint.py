@@ -8,6 +8,7 @@ file (a pickled object, a truncated archive, a newer format) is refused with a U
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,15 @@ import torch
 from extract.errors import UserError
 from model.network import AttentionClusterNet
 from pipeline.atomic import write_atomic
+from pipeline.store.resume import first_difference
 from pipeline.versions import CHECKPOINT_PACKAGES, software_versions
 
 CHECKPOINT_FORMAT = "attention-clusters-checkpoint"
 CHECKPOINT_VERSION = 1
 REQUIRED_KEYS = ("model_config", "state_dict", "classes", "task", "modalities")
+# Keys of an extraction record that say where a file was, not what it held: the sha256 beside
+# each names the content, so a store or checkpoint moved to another machine still matches.
+LOCATION_KEYS = frozenset({"weights_file", "pca_file"})
 
 
 def to_plain(value: Any) -> Any:
@@ -93,6 +98,41 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise UserError(f"{path} is an incomplete checkpoint (missing {', '.join(missing)})")
     return content
+
+
+def without_locations(record: Any) -> Any:
+    """An extraction record as plain data (tuples as lists), minus its LOCATION_KEYS."""
+    if isinstance(record, Mapping):
+        return {str(k): without_locations(v) for k, v in record.items()
+                if k not in LOCATION_KEYS}
+    if isinstance(record, list | tuple):
+        return [without_locations(v) for v in record]
+    return to_plain(record)
+
+
+def extraction_difference(content: dict[str, Any], found: Mapping[str, Mapping[str, Any]],
+                          source: str) -> str:
+    """The first feature-defining setting in which `found` (modality -> extraction record: a
+    store's, or the one classify rebuilt) differs from what the checkpoint's features were
+    made with, as 'rgb.backbone.sha256 <checkpoint's> vs <found>'; '' when all agree.
+
+    Why: classes, modality names and widths can all match while the features mean something
+    else (other weights, other positions, other flow settings), and the model's scores are
+    then silently wrong. Every recorded key counts (settings that never change a feature,
+    such as the decode timeout or batch size, are not recorded), except file locations.
+    """
+    for name in content["model_config"]["modalities"]:
+        recorded = (content.get("modalities") or {}).get(name)
+        if not recorded or "backbone" not in recorded:
+            raise UserError(
+                f"{source} does not record how its {name} features were extracted (retrain it "
+                "from a feature store made by this software)"
+            )
+        difference = first_difference(without_locations(recorded),
+                                      without_locations(found.get(name) or {}), name)
+        if difference:
+            return difference
+    return ""
 
 
 def model_from_checkpoint(content: dict[str, Any], device: torch.device | str = "cpu"

@@ -19,7 +19,11 @@ from extract.errors import UserError
 from model.network import AttentionClusterNet, loss_fn, probabilities
 from pipeline.store.feature_store import FeatureStore
 from pipeline.store.format import Split
-from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint
+from pipeline.train.checkpoint import (
+    extraction_difference,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from pipeline.train.data import Batch, check_split, load_part, open_for_training
 from pipeline.train.metrics import task_metrics, write_per_class_csv
 
@@ -55,7 +59,8 @@ def predict(
 
 
 def check_compatible(checkpoint: dict[str, Any], store: FeatureStore, source: str) -> list[str]:
-    """The checkpoint's modalities, after checking the store can feed this model."""
+    """The checkpoint's modalities, after checking the store can feed this model: same task,
+    classes, modalities and widths, and features extracted the same way."""
     if checkpoint["task"] != store.task:
         raise UserError(
             f"{source} was trained for a {checkpoint['task']}-label task; {store.path} is "
@@ -79,6 +84,14 @@ def check_compatible(checkpoint: dict[str, Any], store: FeatureStore, source: st
                 f"{source} expects {name} features of width {width}; {store.path} has "
                 f"{store.modalities[name].dim} (extracted with another backbone?)"
             )
+    difference = extraction_difference(
+        checkpoint, {name: store.modalities[name].config for name in modalities}, source)
+    if difference:
+        raise UserError(
+            f"{source} was trained on features extracted differently from those in "
+            f"{store.path}: {difference} (checkpoint vs store); extract the store with the "
+            "checkpoint's profile or retrain on this store"
+        )
     return modalities
 
 

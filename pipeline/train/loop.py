@@ -2,9 +2,12 @@
 
 One call, `train(store, out_dir, config)`, writes into out_dir:
   best.pt         the checkpoint of the epoch with the best validation top-1 (single-label)
-                  or GAP (multi-label); see pipeline/train/checkpoint.py
-  metrics.json    one entry per epoch (train loss/accuracy, validation metrics), rewritten
-                  after every epoch so a crashed run keeps its history
+                  or GAP (multi-label), ties going to the lower validation loss; see
+                  pipeline/train/checkpoint.py
+  metrics.json    one entry per epoch (train loss/accuracy, optimiser steps so far,
+                  validation metrics) and the total steps, rewritten with best.pt (after an
+                  epoch that raised the headline metric, at least every SAVE_INTERVAL_S, after
+                  the last epoch) so a crashed run keeps its history
   curves.png      training curves (loss; accuracy or GAP)
   confusion.png   single-label only: the best epoch's validation confusion matrix
   per_class.csv   single-label only: the best epoch's per-class validation accuracy
@@ -62,6 +65,8 @@ class TrainResult:
     excluded: dict[str, dict[str, int]]
     streamed: bool
     seconds: float
+    epochs: int  # planned: TrainConfig.epochs_for the training rows
+    steps: int  # optimiser steps made
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,6 +78,8 @@ class TrainResult:
             "excluded": self.excluded,
             "streamed": self.streamed,
             "seconds": round(self.seconds, 3),
+            "epochs": self.epochs,
+            "steps": self.steps,
         }
 
 
@@ -94,13 +101,13 @@ def build_model(data: SplitData, config: TrainConfig) -> AttentionClusterNet:
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig
+    optimizer: torch.optim.Optimizer, config: TrainConfig, epochs: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """Per-epoch learning-rate schedule, or None for a constant rate (the paper)."""
+    """Per-epoch learning-rate schedule over `epochs`, or None for a constant rate (the paper)."""
     if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     if config.schedule == "step":
-        milestones = sorted({max(1, config.epochs // 2), max(1, (3 * config.epochs) // 4)})
+        milestones = sorted({max(1, epochs // 2), max(1, (3 * epochs) // 4)})
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
     return None
 
@@ -120,14 +127,15 @@ def train_epoch(
     config: TrainConfig,
     device: torch.device,
     epoch: int,
-) -> tuple[float, float]:
-    """One pass over the training rows; returns mean loss and top-1 (or Hit@1) accuracy."""
+) -> tuple[float, float, int]:
+    """One pass over the training rows; returns mean loss, top-1 (or Hit@1) accuracy and the
+    number of optimiser steps made."""
     model.train()
     criterion = loss_fn(data.store.task)
-    loss_sum, hits, seen = 0.0, 0, 0
+    loss_sum, hits, seen, steps = 0.0, 0, 0, 0
     bar = tqdm(
         total=len(data.train),
-        desc=f"epoch {epoch}/{config.epochs}",
+        desc=f"epoch {epoch}/{config.epochs_for(len(data.train))}",
         unit="video",
         disable=not config.progress,
         leave=False,
@@ -144,13 +152,63 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        steps += 1
         loss_sum += value * len(labels)
         hits += batch_hits(logits.detach(), labels, data.store.task)
         seen += len(labels)
         bar.update(len(labels))
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{hits / seen:.3f}")
     bar.close()
-    return loss_sum / max(seen, 1), hits / max(seen, 1)
+    return loss_sum / max(seen, 1), hits / max(seen, 1), steps
+
+
+# At most this many "epoch N: ..." lines: a small set may run hundreds of one-step epochs.
+MAX_EPOCH_LINES = 60
+# best.pt and metrics.json are written at most this often (and after the last epoch, and at
+# once when the headline metric rises): a small set runs hundreds of one-step epochs that
+# nearly all lower the loss, and writing a large model and the growing history after each
+# would cost more than the training.
+SAVE_INTERVAL_S = 30.0
+
+
+@dataclass
+class BestEpoch:
+    """The best epoch so far and its checkpoint: the highest headline metric, ties going to the
+    lower validation loss. On a small set top-1 saturates within a few epochs while the
+    probabilities are still near uniform; the first epoch at that top-1 is the least trained."""
+
+    path: Path
+    epoch: int = 0
+    value: float = -math.inf
+    loss: float = math.inf
+    scores: tuple[Any, Any] | None = None
+    pending: dict[str, Any] | None = None  # the checkpoint not yet written
+    raised: bool = False  # the pending one raised the headline metric: write it now
+
+    def improves(self, value: float, loss: float) -> bool:
+        return value > self.value or (value == self.value and loss < self.loss)
+
+    def keep(self, epoch: int, value: float, loss: float, scores: tuple[Any, Any],
+             payload: dict[str, Any]) -> None:
+        self.raised = self.raised or value > self.value
+        self.epoch, self.value, self.loss, self.scores = epoch, value, loss, scores
+        self.pending = payload
+
+    def save(self) -> None:
+        if self.pending is not None:
+            save_checkpoint(self.path, self.pending)
+        self.pending, self.raised = None, False
+
+
+def budget_line(config: TrainConfig, train_rows: int, epochs: int) -> str:
+    """How long the run will train, and why when the data decided it."""
+    steps_per_epoch = config.steps_per_epoch(train_rows)
+    line = (f"training on {train_rows} videos: {epochs} epochs x {steps_per_epoch} "
+            f"optimiser steps (batch {config.batch_size}) = {epochs * steps_per_epoch} steps")
+    if config.epochs is None and epochs > config.min_epochs:
+        line += (f" (epochs not set: raised from min_epochs {config.min_epochs} to reach "
+                 f"min_steps {config.min_steps} on this small set)")
+    return line
 
 
 def train(store: str | Path, out_dir: str | Path, config: TrainConfig) -> TrainResult:
@@ -180,22 +238,35 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig) -> TrainR
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
     )
-    scheduler = make_scheduler(optimizer, config)
+    epochs = config.epochs_for(len(data.train))
+    scheduler = make_scheduler(optimizer, config, epochs)
     headline = headline_metric(task)
     history: list[dict[str, Any]] = []
-    best_value, best_epoch, best_scores = -math.inf, 0, None
-    checkpoint_path = out_dir / "best.pt"
-    for epoch in range(1, config.epochs + 1):
+    best = BestEpoch(out_dir / "best.pt")
+    steps, written_at = 0, time.monotonic()
+
+    def write_history(best_epoch: int, steps: int) -> None:
+        write_json_atomic(out_dir / "metrics.json", {
+            "task": task, "split": config.split, "modalities": data.modalities,
+            "best_epoch": best_epoch, "planned_epochs": epochs, "steps": steps,
+            "epochs": history,
+        })
+
+    if config.progress:
+        tqdm.write(budget_line(config, len(data.train), epochs))
+    for epoch in range(1, epochs + 1):
         try:
-            train_loss, train_accuracy = train_epoch(model, data, optimizer, config, device,
-                                                     epoch)
+            train_loss, train_accuracy, made = train_epoch(model, data, optimizer, config,
+                                                           device, epoch)
         except TrainingDiverged as exc:
-            checkpoint_path.unlink(missing_ok=True)  # a diverged run leaves no model to use
+            best.path.unlink(missing_ok=True)  # a diverged run leaves no model to use
+            write_history(0, steps)
             raise UserError(
                 f"training diverged in epoch {exc.epoch}: the loss became {exc.loss} (try a "
                 f"lower --lr than {config.lr:g}); no checkpoint kept, the epochs before are in "
                 f"{out_dir / 'metrics.json'}"
             ) from None
+        steps += made
         scores, labels, val_loss = predict(
             model, data.test.batches(max(config.batch_size, 256)), device, task
         )
@@ -204,6 +275,7 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig) -> TrainR
             {
                 "epoch": epoch,
                 "lr": optimizer.param_groups[0]["lr"],
+                "steps": steps,
                 "train_loss": train_loss,
                 "train_accuracy": train_accuracy,
                 "val": val,
@@ -211,59 +283,52 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig) -> TrainR
         )
         if scheduler is not None:
             scheduler.step()
-        if val[headline] > best_value:
-            best_value, best_epoch, best_scores = val[headline], epoch, (scores, labels)
-            save_checkpoint(
-                checkpoint_path,
-                {
-                    "model_config": model.config,
-                    "state_dict": model.state_dict(),
-                    "classes": classes,
-                    "task": task,
-                    "modalities": {
-                        m: dict(data.store.modalities[m].config) for m in data.modalities
-                    },
-                    "feature_shapes": {
-                        m: [data.store.modalities[m].positions, data.store.modalities[m].dim]
-                        for m in data.modalities
-                    },
-                    "dataset": data.store.dataset,
-                    "split": config.split,
-                    "epoch": epoch,
-                    "metrics": val,
-                    "train_config": dataclasses.asdict(config),
-                },
-            )
-        write_json_atomic(
-            out_dir / "metrics.json",
-            {
+        if best.improves(val[headline], val_loss):
+            best.keep(epoch, val[headline], val_loss, (scores, labels), {
+                "model_config": model.config,
+                "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in
+                               model.state_dict().items()},
+                "classes": classes,
                 "task": task,
+                "modalities": {m: dict(data.store.modalities[m].config) for m in data.modalities},
+                "feature_shapes": {
+                    m: [data.store.modalities[m].positions, data.store.modalities[m].dim]
+                    for m in data.modalities
+                },
+                "dataset": data.store.dataset,
                 "split": config.split,
-                "modalities": data.modalities,
-                "best_epoch": best_epoch,
-                "epochs": history,
-            },
-        )
-        if config.progress:
+                "epoch": epoch,
+                "steps": steps,
+                "metrics": val,
+                "train_config": dataclasses.asdict(config),
+            })
+        if best.raised or epoch == epochs or time.monotonic() - written_at >= SAVE_INTERVAL_S:
+            best.save()
+            write_history(best.epoch, steps)
+            written_at = time.monotonic()
+        if config.progress and (epoch % math.ceil(epochs / MAX_EPOCH_LINES) == 0
+                                or epoch == epochs):
             tqdm.write(
                 f"epoch {epoch}: train loss {train_loss:.4f} acc {train_accuracy:.3f} | "
-                f"val loss {val_loss:.4f} {headline} {val[headline]:.3f}"
+                f"val loss {val_loss:.4f} {headline} {val[headline]:.3f} | {steps} steps"
             )
     plot_curves(out_dir / "curves.png", history, task)
-    if task == "single" and best_scores is not None:
-        scores, labels = best_scores
+    if task == "single" and best.scores is not None:
+        scores, labels = best.scores
         plot_confusion(
             out_dir / "confusion.png", confusion_matrix(scores, labels, len(classes)), classes
         )
         write_per_class_csv(out_dir / "per_class.csv", scores, labels, classes)
     return TrainResult(
         out_dir=out_dir,
-        checkpoint=checkpoint_path,
+        checkpoint=best.path,
         split=config.split,
-        best_epoch=best_epoch,
-        best_metrics=history[best_epoch - 1]["val"],
+        best_epoch=best.epoch,
+        best_metrics=history[best.epoch - 1]["val"],
         history=history,
         excluded={part: dataclasses.asdict(c) for part, c in data.counts.items()},
         streamed=data.streamed,
         seconds=time.perf_counter() - started,
+        epochs=epochs,
+        steps=steps,
     )
