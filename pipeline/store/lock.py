@@ -101,6 +101,14 @@ def writer_of(store: Path) -> Holder | None:
     return holder if alive else None
 
 
+def refuse_while_written(store: Path, action: str) -> None:
+    """One line instead of reading a store a live run is rewriting: a read between a shard's
+    replacement and its index would look like damage, and the rows are not all there yet."""
+    if (holder := writer_of(store)) is not None:
+        raise StoreError(f"{store} is being written by {holder.describe()}: {action} once it "
+                         f"has finished")
+
+
 def _acquire(store: Path, path: Path) -> int:
     """An open descriptor of the lock file at `path`, exclusively locked by this process."""
     while True:

@@ -1,7 +1,9 @@
 """`store info`: what a store holds and what is left to do, as a dict (for --json) or text.
 
-A running `features` may rewrite a shard between two reads of the same store, which zarr
-reports as a RuntimeError; `read_summary` retries then, so `store info` works during a run.
+A running `features` may replace a shard between two reads of the same store, which zarr
+reports as a decoding error (or, with checksums, as damage); while a run holds the store's
+lock `read_summary` retries then and says the counts are a snapshot, so `store info` works
+during a run and still reports real damage when no run is writing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 from pipeline.store.feature_store import FeatureStore, open_store
 from pipeline.store.format import Status, StoreError
+from pipeline.store.lock import writer_of
 
 READ_ATTEMPTS = 3
 RETRY_SECONDS = 0.5
@@ -53,13 +56,21 @@ def read_summary(path: str | Path) -> dict[str, Any]:
     """The summary of the store at `path`, retried while a running `features` rewrites it."""
     attempt = 1
     while True:
+        writer = writer_of(Path(path))
         try:
-            return summarize(open_store(path))
-        except RuntimeError as exc:  # a shard replaced between two reads
+            summary = summarize(open_store(path))
+        except (RuntimeError, ValueError, StoreError) as exc:  # a shard replaced mid-read?
+            if isinstance(exc, StoreError) and writer is None:
+                raise  # nobody is writing: what it says is so
             if attempt == READ_ATTEMPTS:
+                if isinstance(exc, StoreError):
+                    raise
                 raise StoreError(f"{path} changed while being read ({exc}); try again") from exc
             attempt += 1
             time.sleep(RETRY_SECONDS)
+            continue
+        summary["writer"] = writer.describe() if writer else None
+        return summary
 
 
 def _describe_config(config: Mapping[str, Any]) -> str:
@@ -83,6 +94,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"splits: {', '.join(summary['splits']) or 'none'}; created {summary['created']}; "
         f"format v{summary['format_version']}, {summary['rows_per_shard']} rows per shard",
     ]
+    if summary.get("writer"):
+        lines.append(f"being written now by {summary['writer']}: the counts are a snapshot")
     for name, info in summary["modalities"].items():
         counts = info["counts"]
         described = ", ".join(f"{counts[s.label]} {s.label}" for s in Status)

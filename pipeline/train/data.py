@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from extract.errors import UserError
 from pipeline.store.feature_store import FeatureStore, open_store
 from pipeline.store.format import Split, Status
+from pipeline.store.lock import refuse_while_written
 
 BLOCK_BYTES = 64 * 2**20  # target size of one streamed block across modalities
 
@@ -70,6 +71,8 @@ class SplitData:
 
 def open_for_training(store: str | Path | FeatureStore) -> FeatureStore:
     """The store, opened (and validated) unless it already is, with at least one class."""
+    if not isinstance(store, FeatureStore):
+        refuse_while_written(Path(store), "train or evaluate on it")
     opened = store if isinstance(store, FeatureStore) else open_store(store)
     if not opened.classes:
         raise UserError(f"{opened.path}: the store lists no classes")

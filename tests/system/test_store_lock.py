@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -142,3 +143,37 @@ def test_lock_api(tmp_path):
     with store_lock(alias / "a.zarr", command="second"):
         assert "second" in lock_path(store).read_text()
         assert writer_of(store).command == "second"
+
+
+def test_readers_of_a_store_being_written(toy_store: Path, tmp_path: Path) -> None:
+    """While a run holds the store, `train` refuses with one line (a read racing a shard's
+    replacement would look like damage) and `store info` works and says it is a snapshot."""
+    out = tmp_path / "toy.zarr"
+    shutil.copytree(toy_store, out)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        train = subprocess.run(
+            [sys.executable, str(ROOT / "cli.py"), "train", "--dataset", "toy", "--features",
+             str(out), "--out", str(tmp_path / "run"), "--epochs", "1", "--device", "cpu"],
+            cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert train.returncode == 1, train.stderr
+        assert messages(train.stderr) == [
+            f"error: {out} is being written by `holder.py --test` (pid {holder.pid} on host "
+            f"{socket.gethostname()} since {since(holder.pid)}): train or evaluate on it once "
+            f"it has finished"]
+        info = subprocess.run([sys.executable, str(ROOT / "cli.py"), "store", "info", str(out)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert info.returncode == 0, info.stderr
+        assert f"being written now by `holder.py --test` (pid {holder.pid}" in info.stdout
+    finally:
+        holder.kill()
+        holder.wait()
+    info = subprocess.run([sys.executable, str(ROOT / "cli.py"), "store", "info", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert info.returncode == 0 and "being written" not in info.stdout  # the holder is dead
+
+
+def since(pid: int) -> str:
+    return time.strftime("%H:%M", time.localtime(psutil.Process(pid).create_time()))
