@@ -15,7 +15,7 @@ import numpy as np
 import zarr
 
 from pipeline.datasets.generated.toy import factors_of
-from pipeline.features.run import run_features
+from pipeline.features.run import run_features, video_outcome
 from pipeline.profiles import load_profile
 from pipeline.store.feature_store import open_store
 from pipeline.store.format import Status
@@ -72,3 +72,13 @@ def test_rerun_skips_done_rows(toy_dataset: tuple[Path, Path], toy_store: Path,
                           progress=False)
     assert result.run.total == 1  # only the corrupt video (failed rows are retried)
     assert time.monotonic() - started < 120
+
+
+def test_each_video_is_counted_by_what_its_modalities_got() -> None:
+    """The run summary's label per video: a failed modality beside a done one is 'partly
+    failed', absent audio is normal, and the runner's whole-task failure is 'failed'."""
+    done, failed, absent = ({"status": s} for s in (Status.DONE, Status.FAILED, Status.ABSENT))
+    assert video_outcome({"rgb": done, "flow": done, "audio": absent}) == "done"
+    assert video_outcome({"rgb": done, "flow": failed, "audio": done}) == "partly failed"
+    assert video_outcome({"rgb": failed, "flow": failed, "audio": absent}) == "failed"
+    assert video_outcome({"status": Status.FAILED, "error": "KilledWorker: …"}) == "failed"

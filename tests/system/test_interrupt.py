@@ -3,8 +3,8 @@
 * Ctrl-C: SIGINT to the whole process group (what a terminal sends: client and Dask workers)
   while rows are still buffered in the client. One line says what was kept, exit 130, no
   traceback from anyone, the buffered rows are in the store, and a rerun does the rest.
-* Every video failed: the summary must not read like success; exit 1 with one line. A run
-  where only some videos failed exits 0 and counts them.
+* Every video failed: the summary must not read like success; exit 1 with one line. (A run
+  where only some videos failed exits 0: tests/system/test_hostile_cli.py.)
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import pytest
 
 from pipeline.store.feature_store import open_store
 from pipeline.store.format import Status
-from tests.hostile import clip, clip_dataset, random_bytes, text_file, zero_bytes
+from tests.hostile import clip_dataset, random_bytes, text_file, zero_bytes
 from tests.processes import ROOT
 from tests.profiles import CHEAP_PROFILE
 
-VIDEOS = 12
+VIDEOS = 8
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_ctrl_c_prints_one_line_keeps_buffered_rows_and_resumes(profile, tmp_pat
     reader.start()
     try:
         deadline = time.monotonic() + 300
-        while not re.search(rf"\b([3-9]|1[01])/{VIDEOS}\b", "".join(stderr)):  # progress bar
+        while not re.search(rf"\b[3-7]/{VIDEOS}\b", "".join(stderr)):  # progress bar
             assert time.monotonic() < deadline and run.poll() is None, "".join(stderr)[-2000:]
             time.sleep(0.02)
         seen = max(int(n) for n in re.findall(rf"\b(\d+)/{VIDEOS}\b", "".join(stderr)))
@@ -114,15 +114,3 @@ def test_every_video_failed_is_an_error_with_the_counts(profile, tmp_path):
         "error: all 3 videos failed (rgb: 3 failed; flow: 3 failed; audio: 3 failed): see "
         f"`cli.py store info {out}` for the errors"]
 
-    partly = tmp_path / "partly"
-    for folder in ("class0", "class1"):
-        (partly / folder).mkdir(parents=True)
-    clip(partly / "class0" / "good.mp4", seconds=1.0)
-    clip(partly / "class1" / "silent.mp4", seconds=1.0, tone_hz=None)
-    random_bytes(partly / "class1" / "bad.mp4")
-    result = subprocess.run(features(partly, profile, tmp_path / "partly.zarr", "--workers",
-                                     "1"), cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert re.search(r"^finished: 3/3 items in .*: 2 done, 1 failed$", result.stdout,
-                     re.MULTILINE), result.stdout
-    assert "error" not in result.stderr
