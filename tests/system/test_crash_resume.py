@@ -137,9 +137,9 @@ def test_kill_9_while_the_store_is_created_then_resume(toy: tuple[Path, Path, Pa
 
 def test_kill_9_at_random_moments_then_resume(toy: tuple[Path, Path, Path],
                                               tmp_path: Path) -> None:
-    resume_trials(toy, tmp_path, trials=2, seed=7)
+    resume_trials(toy, tmp_path, trials=1, seed=7)
 
 
 @pytest.mark.slow
 def test_kill_9_many_trials(toy: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    resume_trials(toy, tmp_path, trials=6, seed=11)
+    resume_trials(toy, tmp_path, trials=7, seed=11)

@@ -96,6 +96,7 @@ def rows_written(out: Path) -> int:
         return 0
 
 
+@pytest.mark.slow  # make test-all (CI); the runner's retry of a killed worker: test_dask_runner.py
 def test_features_on_a_cluster_survive_a_killed_worker(
         cluster: tuple[str, list[subprocess.Popen]], tmp_path: Path) -> None:
     address, (doomed, survivor) = cluster

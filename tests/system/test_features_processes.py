@@ -41,6 +41,7 @@ def test_two_workers_give_the_same_store(toy_dataset: tuple[Path, Path], toy_sto
             np.testing.assert_array_equal(one[key], two[key], err_msg=key)
 
 
+@pytest.mark.slow  # make test-all (CI): the kill -9 trials of test_crash_resume.py cover it
 def test_killed_run_resumes_to_the_identical_store(toy_dataset: tuple[Path, Path],
                                                   toy_store: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:

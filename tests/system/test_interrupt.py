@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.features.run import run_features
+from pipeline.profiles import load_profile
 from pipeline.store.feature_store import open_store
 from pipeline.store.format import Status
 from tests.hostile import clip_dataset, random_bytes, text_file, zero_bytes
@@ -56,7 +58,8 @@ def written_rows(out: Path) -> int:
     return int((~pending).sum())
 
 
-def test_ctrl_c_prints_one_line_keeps_buffered_rows_and_resumes(profile, tmp_path):
+def test_ctrl_c_prints_one_line_keeps_buffered_rows_and_resumes(profile, tmp_path,
+                                                                inprocess_scheduler):
     root = clip_dataset(tmp_path / "clips", VIDEOS)
     out = tmp_path / "clips.zarr"
     # Two worker processes; finished rows stay buffered in the client (flushed every 60 s).
@@ -91,11 +94,9 @@ def test_ctrl_c_prints_one_line_keeps_buffered_rows_and_resumes(profile, tmp_pat
     kept = int(match.group(1))
     assert seen <= kept < VIDEOS and written_rows(out) == kept  # the buffered rows were flushed
 
-    rerun = subprocess.run(features(root, profile, out, "--workers", "1"), cwd=ROOT,
-                           capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    left = VIDEOS - kept
-    assert f"finished: {left}/{left} items" in rerun.stdout
+    rerun = run_features(root=root, out=out, dataset="clips", profile=load_profile(profile),
+                         scheduler=inprocess_scheduler, device="cpu", progress=False)
+    assert rerun.run.completed == VIDEOS - kept  # the kept rows are not computed again
     assert written_rows(out) == VIDEOS
 
 
