@@ -13,6 +13,7 @@ chunk finds it) must recompute exactly those rows and give back the clean store 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -303,3 +304,28 @@ def test_format_1_store_verifies_and_repairs_missing_rows(
     reference, = open_store(clean_store).read("rgb", fields=("features",))
     assert np.array_equal(features_now, reference)
     assert not find_damage(repaired).damaged
+
+
+def test_resume_repairs_before_it_writes_into_a_damaged_chunk(
+        clean: tuple[Path, Path, Path], tmp_path: Path, inprocess_scheduler: str) -> None:
+    """A changed file among rows whose status chunk is damaged: resuming resets that row's
+    status, which would have to merge into the damaged chunk (and --repair, run after it,
+    could never get there). The damage is repaired first, then the row is reset."""
+    root, profile, clean_store = clean
+    store = damaged_copy(clean_store, tmp_path, "status byte flipped")  # audio rows 8-15
+    clips = tmp_path / "clips"
+    shutil.copytree(root, clips)
+    touched = clips / open_store(clean_store).ids[9]
+    stat = touched.stat()
+    os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    result = features(clips, profile, store, inprocess_scheduler)
+    assert result.relisting is not None and result.relisting.changed == 1
+    assert result.damage is not None
+    assert {m: r.tolist() for m, r in result.damage.affected.items() if len(r)} == {
+        "audio": list(range(8, 16))}
+    assert result.run.completed == 8  # rows 8-15 (row 9 in every modality), nothing else
+    got, want = arrays(store), arrays(clean_store)
+    for name, values in want.items():
+        if name != "videos/mtime_ns":
+            assert np.array_equal(got[name], values, equal_nan=values.dtype.kind == "f"), name
+    assert not find_damage(open_store(store), full=True).damaged

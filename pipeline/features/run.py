@@ -31,9 +31,8 @@ from pipeline.store.create import create_store
 from pipeline.store.feature_store import FeatureStore
 from pipeline.store.format import ModalitySpec, Status
 from pipeline.store.lock import store_lock
-from pipeline.store.repair import repair_damage
 from pipeline.store.resume import Relisting
-from pipeline.store.verify import DamageReport, find_damage
+from pipeline.store.verify import DamageReport
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,8 @@ def file_stats(paths: list[Path]) -> np.ndarray:
 
 
 def open_or_create_store(out: Path, manifest: Manifest, videos: list[Any],
-                         extractor: VideoFeatureExtractor, overwrite: bool) -> FeatureStore:
+                         extractor: VideoFeatureExtractor, overwrite: bool, repair: bool,
+                         progress: bool) -> FeatureStore:
     specs = {name: ModalitySpec(int(settings["positions"]), extractor.dim(name),
                                 extractor.config(name))
              for name, settings in extractor.settings.items()}
@@ -117,7 +117,8 @@ def open_or_create_store(out: Path, manifest: Manifest, videos: list[Any],
         ids=[v.id for v in videos], labels=labels,
         splits=np.array([v.splits for v in videos], dtype=np.uint8),
         split_names=manifest.split_names, modalities=specs, overwrite=overwrite,
-        files=file_stats([manifest.path(v) for v in videos]),
+        files=file_stats([manifest.path(v) for v in videos]), repair=repair,
+        progress=progress and repair,
     )
 
 
@@ -146,11 +147,8 @@ def run_features(
         # Built here too: it checks weights are available before any worker starts, and gives
         # the feature widths and full configs the store records.
         probe = VideoFeatureExtractor(settings["modalities"], settings["limits"], device)
-        store = open_or_create_store(out, manifest, videos, probe, overwrite)
+        store = open_or_create_store(out, manifest, videos, probe, overwrite, repair, progress)
         del probe
-        damage = find_damage(store, full=repair, progress=progress and repair)
-        if damage.damaged:
-            repair_damage(store, damage)
         todo = store.todo_rows(overwrite=overwrite)
         items = [
             (int(row), {"path": str(manifest.root / store.ids[row]), "extractor": settings,
@@ -165,4 +163,4 @@ def run_features(
                            skipped_unsafe=len(manifest.problems.unsafe),
                            skipped_unreadable=len(manifest.problems.unreadable),
                            relisting=store.relisting,
-                           damage=damage if damage.damaged else None)
+                           damage=store.repaired)

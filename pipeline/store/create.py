@@ -35,8 +35,9 @@ from pipeline.store.format import (
     Status,
     StoreError,
 )
+from pipeline.store.repair import repair_damage
 from pipeline.store.resume import FILE_ARRAYS, check_resumable, relist
-from pipeline.store.verify import CHECKSUMMED, UNWRITTEN_ERROR, UNWRITTEN_STATUS
+from pipeline.store.verify import CHECKSUMMED, UNWRITTEN_ERROR, UNWRITTEN_STATUS, find_damage
 from pipeline.versions import STORE_PACKAGES, software_versions
 
 MAX_ROWS_PER_SHARD = 1024
@@ -127,7 +128,8 @@ def _check_inputs(task: str, classes: Sequence[str], ids: Sequence[str], labels:
 def create_store(path: str | Path, *, dataset: str, task: str, classes: Sequence[str],
                  ids: Sequence[str], labels: Any = None, splits: Any = None,
                  split_names: Sequence[str] = (), modalities: Mapping[str, ModalitySpec],
-                 files: Any = None, overwrite: bool = False) -> FeatureStore:
+                 files: Any = None, overwrite: bool = False, repair: bool = False,
+                 progress: bool = False) -> FeatureStore:
     """Create a store, or reopen the same one to resume.
 
     Same dataset and modality configs: the store is reopened, its rows matched to `ids` by
@@ -136,6 +138,10 @@ def create_store(path: str | Path, *, dataset: str, task: str, classes: Sequence
     need work. Anything else is refused unless `overwrite`, which deletes the old store.
     `labels` is (N,) int (-1 unlabelled) for task "single" and (N, C) bool for "multi";
     `splits` is (N, S); `files` is (N, 2) int64 file size and mtime_ns (-1 = unknown).
+    A store reopened is first checked for damage (every chunk decoded with `repair`, a
+    progress bar with `progress`) and its damaged rows made pending: `store.repaired` says
+    which. That comes before any resume write, which could otherwise have to merge into a
+    damaged chunk.
     """
     path = Path(path)
     labels, splits, files = _check_inputs(task, classes, ids, labels, splits, split_names,
@@ -148,7 +154,7 @@ def create_store(path: str | Path, *, dataset: str, task: str, classes: Sequence
         if path.exists():
             return _resume(path, dataset=dataset, task=task, classes=classes, ids=ids,
                            labels=labels, splits=splits, split_names=split_names,
-                           files=files, modalities=wanted)
+                           files=files, modalities=wanted, repair=repair, progress=progress)
         return _create_new(path, dataset=dataset, task=task, classes=classes, ids=ids,
                            labels=labels, splits=splits, split_names=split_names,
                            files=files, modalities=wanted)
@@ -188,9 +194,13 @@ def _is_zarr_file(root: Path, path: Path) -> bool:
 def _resume(path: Path, *, dataset: str, task: str, classes: Sequence[str],
             ids: Sequence[str], labels: np.ndarray, splits: np.ndarray,
             split_names: Sequence[str], files: np.ndarray,
-            modalities: Mapping[str, ModalitySpec]) -> FeatureStore:
+            modalities: Mapping[str, ModalitySpec], repair: bool, progress: bool
+            ) -> FeatureStore:
     old = open_store(path, writable=True)
     check_resumable(old, dataset=dataset, task=task, classes=classes, modalities=modalities)
+    damage = find_damage(old, full=repair, progress=progress)
+    if damage.damaged:
+        repair_damage(old, damage)
     group = zarr.open_group(path, mode="r+")
     _add_video_arrays(group, group["videos/id"].shape[0], old.rows_per_shard)
     relisting = relist(old, group, ids=ids, files=files, labels=labels, splits=splits,
@@ -198,6 +208,7 @@ def _resume(path: Path, *, dataset: str, task: str, classes: Sequence[str],
     group.attrs["format_version"] = FORMAT_VERSION  # the v2 arrays exist now
     store = FeatureStore(path, group)
     store.relisting = relisting
+    store.repaired = damage if damage.damaged else None
     return store
 
 

@@ -34,6 +34,7 @@ from pipeline.store.writer import BufferedWriter, write_sorted_rows
 
 if TYPE_CHECKING:
     from pipeline.store.resume import Relisting
+    from pipeline.store.verify import DamageReport
 
 FIELDS = ("features", "mask", "time", "status")
 
@@ -88,6 +89,7 @@ class FeatureStore:
         self.format_version: int = attrs["format_version"]
         self.software: dict[str, str] = dict(attrs.get("software", {}))
         self.relisting: Relisting | None = None  # set by create_store when it resumes
+        self.repaired: DamageReport | None = None  # damaged rows create_store made pending
         ids = self._array("videos/id", 1, 0)
         self.rows_per_shard: int = ids.shards[0] if ids.shards else ids.chunks[0]
         rows = ids.shape[0]
