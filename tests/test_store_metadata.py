@@ -144,15 +144,17 @@ def test_overwrite_starts_a_damaged_store_over(tmp_path: Path, damage: str) -> N
     assert open_store(path).n == 7
 
 
-def test_features_overwrite_on_a_damaged_store_through_the_cli(tmp_path: Path) -> None:
+def test_features_overwrite_on_a_damaged_store_through_the_cli(tmp_path: Path, capsys,
+                                                              monkeypatch) -> None:
     root = clip_dataset(tmp_path / "clips", 2)
     profile = tmp_path / "cheap.yaml"
     profile.write_text(CHEAP_PROFILE)
     out = damaged_store(tmp_path, "truncated zarr.json")
     command = ("features", "clips", "--root", str(root), "--config", str(profile), "--out",
                str(out), "--workers", "1", "--device", "cpu")
-    one_line_error(cli(*command), str(out), "zarr.json is not valid JSON")
-    done = cli(*command, "--overwrite")
+    one_line_error(cli_here(capsys, monkeypatch, *command), str(out),
+                   "zarr.json is not valid JSON")
+    done = cli(*command, "--overwrite")  # a real process: the whole run
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "finished: 2/2 items" in done.stdout
     store = open_store(out)

@@ -25,6 +25,7 @@ def arrays(path: Path) -> dict[str, np.ndarray]:
     return {f"{m}/{f}": group[f"{m}/{f}"][:] for m in ("rgb", "flow", "audio") for f in FIELDS}
 
 
+@pytest.mark.slow  # make test-all (CI); tests/test_worker_count.py checks 1 vs 2 workers
 def test_two_workers_give_the_same_store(toy_dataset: tuple[Path, Path], toy_store: Path,
                                          tmp_path: Path) -> None:
     root, profile = toy_dataset
