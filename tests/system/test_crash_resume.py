@@ -135,6 +135,7 @@ def test_kill_9_while_the_store_is_created_then_resume(toy: tuple[Path, Path, Pa
         np.testing.assert_array_equal(result[key], expected, err_msg=key)
 
 
+@pytest.mark.slow  # make test-all (CI), with the 7 of test_kill_9_many_trials
 def test_kill_9_at_random_moments_then_resume(toy: tuple[Path, Path, Path],
                                               tmp_path: Path) -> None:
     resume_trials(toy, tmp_path, trials=1, seed=7)
