@@ -9,6 +9,7 @@ be ids) lives here, the view of the files on disk in `disk.py` and the reading o
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -100,16 +101,21 @@ class Manifest:
 
     def existing(self) -> list[VideoEntry]:
         """The entries whose file is present now (lists may name videos not on disk)."""
-        return [entry for entry in self.videos if _is_file(self.path(entry))]
+        return [entry for entry, _ in self.present_files()]
 
-
-def _is_file(path: Path) -> bool:
-    """`Path.is_file` that answers False, not raises, when the stat fails (EACCES, EIO): one
-    entry that changed since the listing must not stop the others."""
-    try:
-        return path.is_file()
-    except OSError:
-        return False
+    def present_files(self) -> list[tuple[VideoEntry, os.stat_result]]:
+        """Each entry whose file is present now, with that one stat of it (a resume compares
+        size and mtime). A stat that fails (EACCES, EIO) makes its entry absent, never an
+        error: one entry that changed since the listing must not stop the others."""
+        present = []
+        for entry in self.videos:
+            try:
+                info = os.stat(self.path(entry))
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                present.append((entry, info))
+        return present
 
 
 def require_root(root: Path, dataset: str) -> Path:

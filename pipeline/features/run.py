@@ -8,7 +8,6 @@ matched to videos by id, with each file's size and mtime to notice a replaced fi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,30 +76,21 @@ def extract_row(payload: Mapping[str, Any]) -> dict[str, Any]:
     return extractor.extract(payload["path"], payload["modalities"])
 
 
-def select_videos(manifest: Manifest, limit: int | None) -> tuple[list[Any], int]:
-    """Existing videos (missing ones are counted, not fatal), spread evenly when limited."""
-    existing = manifest.existing()
-    missing = len(manifest.videos) - len(existing)
-    if not existing:
+def select_videos(manifest: Manifest, limit: int | None
+                  ) -> tuple[list[Any], np.ndarray, int]:
+    """Existing videos (missing ones are counted, not fatal), spread evenly when limited,
+    with (N, 2) int64 size and mtime_ns of each from the stat that found it."""
+    present = manifest.present_files()
+    missing = len(manifest.videos) - len(present)
+    if not present:
         raise UserError(f"{manifest.root}: no video files found for {manifest.dataset}")
     if limit is not None:
-        existing = [existing[i] for i in pick_evenly(len(existing), limit)]
-    return existing, missing
+        present = [present[i] for i in pick_evenly(len(present), limit)]
+    files = np.array([(info.st_size, info.st_mtime_ns) for _, info in present], dtype=np.int64)
+    return [video for video, _ in present], files, missing
 
 
-def file_stats(paths: list[Path]) -> np.ndarray:
-    """(N, 2) int64 size and mtime_ns of each file, -1 for one that cannot be stat-ed now."""
-    stats = np.full((len(paths), 2), -1, dtype=np.int64)
-    for row, path in enumerate(paths):
-        try:
-            info = os.stat(path)
-        except OSError:
-            continue
-        stats[row] = info.st_size, info.st_mtime_ns
-    return stats
-
-
-def open_or_create_store(out: Path, manifest: Manifest, videos: list[Any],
+def open_or_create_store(out: Path, manifest: Manifest, videos: list[Any], files: np.ndarray,
                          extractor: VideoFeatureExtractor, overwrite: bool, repair: bool,
                          progress: bool) -> FeatureStore:
     specs = {name: ModalitySpec(int(settings["positions"]), extractor.dim(name),
@@ -117,7 +107,7 @@ def open_or_create_store(out: Path, manifest: Manifest, videos: list[Any],
         ids=[v.id for v in videos], labels=labels,
         splits=np.array([v.splits for v in videos], dtype=np.uint8),
         split_names=manifest.split_names, modalities=specs, overwrite=overwrite,
-        files=file_stats([manifest.path(v) for v in videos]), repair=repair,
+        files=files, repair=repair,
         progress=progress and repair,
     )
 
@@ -141,13 +131,14 @@ def run_features(
             profile = load_profile(profile or default_profile_for(dataset))
         manifest = load_manifest(kind or profile["dataset"]["kind"], root, splits_dir)
         manifest.dataset = dataset
-        videos, missing = select_videos(manifest, limit)
+        videos, files, missing = select_videos(manifest, limit)
         settings = {"modalities": profile["modalities"], "limits": profile["limits"],
                     "device": device}
         # Built here too: it checks weights are available before any worker starts, and gives
         # the feature widths and full configs the store records.
         probe = VideoFeatureExtractor(settings["modalities"], settings["limits"], device)
-        store = open_or_create_store(out, manifest, videos, probe, overwrite, repair, progress)
+        store = open_or_create_store(out, manifest, videos, files, probe, overwrite, repair,
+                                     progress)
         del probe
         todo = store.todo_rows(overwrite=overwrite)
         items = [

@@ -30,8 +30,8 @@ def summarize(store: FeatureStore, max_failures: int = 20) -> dict[str, Any]:
     Counts are of the listed videos: vanished ones (not listed by the last run, kept in the
     store for a later run that lists them again) are counted apart."""
     modalities = {}
+    listed = np.flatnonzero(store.listed)
     for name, spec in store.modalities.items():
-        listed = np.flatnonzero(store.listed)
         status = store.status(name)[listed]
         counts = Counter({s.label: 0 for s in Status})
         counts.update(Status(int(value)).label for value in status)
