@@ -50,9 +50,10 @@ demo: $(STAMP)
 	$(CLI) classify "data/toy/$$clip" --dataset toy --device $(DEVICE) --explain runs/toy/demo-explain.png
 	@echo "outputs: data/toy/ (videos), features/toy.zarr (features), runs/toy/ (checkpoint, metrics, curves, confusion matrix), runs/toy/demo-explain.png (why)"
 
-## reproduce: the paper's Flash-MNIST ablation grid (reduced CPU schedule; ARGS=--full for the paper's) -> docs/reproduction.md
+## reproduce: the paper's Flash-MNIST grid as the authors ran it, continued where it stopped (JOBS=2: two processes; ARGS=--quick: a one-minute version) -> docs/reproduction.md
+JOBS ?= 1
 reproduce: $(STAMP)
-	$(CLI) reproduce --device $(DEVICE) $(ARGS)
+	$(CLI) reproduce --device $(DEVICE) --jobs $(JOBS) $(ARGS)
 
 ## test: the CPU test suite (fast cases; `make test-all` adds the heavy ones, marked slow)
 test: $(STAMP)

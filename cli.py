@@ -292,49 +292,49 @@ def classify(videos: tuple[Path, ...], dataset: str, checkpoint: Path | None, to
 
 
 @main.command()
-@click.option("--full", is_flag=True,
-              help="The paper's schedule: 100/10 videos per class, 100 epochs (GPU).")
-@click.option("--per-class-train", type=int,
-              help="Override the training videos per class [the schedule's].")
-@click.option("--per-class-test", type=int, help="Override the test videos per class.")
-@click.option("--epochs", type=int, help="Override the epochs per configuration.")
-@click.option("--lr", type=float, help="Override Adam's learning rate.")
-@click.option("--hidden", type=int, help="Override the two-layer unit's hidden width.")
-@click.option("--lenet-steps", type=int, help="Override the LeNet pre-training steps.")
-@click.option("--sizes", help="Cluster sizes, comma-separated [the paper's: 1,2,4,...,128].")
-@click.option("--units", help="Attention units (linear, mlp, dot), comma-separated "
-              "[linear,mlp].")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quick", is_flag=True,
+              help="A small version of the whole chain (about a minute) into "
+                   "runs/flash-mnist-quick/ instead of docs/.")
+@click.option("--epochs", type=int, help="Epochs per configuration [the authors' 100].")
+@click.option("--precision", help="Training forward pass: fp32 or bf16 [bf16].")
+@click.option("--sizes", help="Comma-separated cluster sizes [1,2,4,...,128].")
+@click.option("--units", help="Comma-separated attention units [linear,mlp_shared].")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Training processes at once (each gets a share of the cores).")
 @click.option("--source", default="sklearn", show_default=True,
-              help="Digit images: sklearn (offline), mnist (--mnist-dir), download or auto.")
+              help="Digits: sklearn, mnist (needs --mnist-dir), download or auto.")
 @click.option("--mnist-dir", type=click.Path(path_type=Path),
-              help="Folder with MNIST's IDX files.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+              help="Folder with MNIST's IDX files (the paper's digits).")
+@click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto",
+              show_default=True)
 @click.option("--data-dir", type=click.Path(path_type=Path), help="[data/flash-mnist]")
 @click.option("--runs-dir", type=click.Path(path_type=Path), help="[runs/flash-mnist-grid]")
 @click.option("--docs-dir", type=click.Path(path_type=Path), help="[docs]")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def reproduce(full: bool, per_class_train: int | None, per_class_test: int | None,
-              epochs: int | None, lr: float | None, hidden: int | None,
-              lenet_steps: int | None, sizes: str | None, units: str | None, seed: int,
-              source: str, mnist_dir: Path | None, device: str, data_dir: Path | None,
-              runs_dir: Path | None, docs_dir: Path | None, no_progress: bool) -> None:
-    """Reproduce the paper's Flash-MNIST ablation (cluster size x unit x shifting).
+def reproduce(quick: bool, epochs: int | None, precision: str | None, sizes: str | None,
+              units: str | None, jobs: int, source: str, mnist_dir: Path | None, device: str,
+              data_dir: Path | None, runs_dir: Path | None, docs_dir: Path | None,
+              no_progress: bool) -> None:
+    """Reproduce the paper's Flash-MNIST ablation (cluster size x unit x shifting) as the
+    authors ran it.
 
-    Writes docs/reproduction.md, docs/reproduction.json and the attention figure. Rerunning
-    the same command resumes: finished configurations are not retrained.
+    Records every finished configuration in docs/reproduction.json at once and writes
+    docs/reproduction.md and its figures; rerunning continues the grid where it stopped.
     """
     from pipeline.study.run import reproduce as run_study
     from pipeline.study.settings import settings_from_options
 
+    if quick:
+        quick_root = Path("runs/flash-mnist-quick")
+        data_dir, runs_dir = data_dir or quick_root / "data", runs_dir or quick_root / "runs"
+        docs_dir = docs_dir or quick_root / "docs"
     settings = settings_from_options(
-        full=full, per_class_train=per_class_train, per_class_test=per_class_test,
-        epochs=epochs, lr=lr, hidden=hidden, lenet_steps=lenet_steps, sizes=sizes,
-        units=units, seed=seed, source=source, mnist_dir=mnist_dir, device=device,
-        data_dir=data_dir, runs_dir=runs_dir, docs_dir=docs_dir, progress=not no_progress)
-    report = run_study(settings)
-    click.echo(f"{len(report['results'])} configurations; report in "
-               f"{settings.docs_dir / 'reproduction.md'}")
+        quick=quick, epochs=epochs, precision=precision, sizes=sizes, units=units,
+        source=source, mnist_dir=mnist_dir, device=device, data_dir=data_dir,
+        runs_dir=runs_dir, docs_dir=docs_dir, progress=not no_progress)
+    report = run_study(settings, jobs=jobs)
+    click.echo(f"{len(report['results'])} of {report['configurations']} configurations "
+               f"finished; report in {settings.docs_dir / 'reproduction.md'}")
 
 
 def _metrics_line(metrics: dict, where: str) -> str:

@@ -2,8 +2,9 @@
 
 A cluster of N units over L local features of width D is computed as one batched operation:
 every unit's scores come from a single einsum against an (N, D) weight (or an (N*H, D) hidden
-layer for `mlp`), and the weighted sums from einsum('bnl,bld->bnd'), so nothing of size
-B x N x L x D is ever materialised and there is no Python loop over units.
+layer for `mlp`, an (H, D) one shared by every unit for `mlp_shared`), and the weighted sums
+from einsum('bnl,bld->bnd'), so nothing of size B x N x L x D is ever materialised and there
+is no Python loop over units.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-UNIT_KINDS = ("avg", "linear", "dot", "mlp")
+UNIT_KINDS = ("avg", "linear", "dot", "mlp", "mlp_shared")
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -68,6 +69,19 @@ class AttentionCluster(nn.Module):
             self.out_bias = nn.Parameter(
                 torch.empty(num_units).uniform_(-hidden_bound, hidden_bound)
             )
+        if unit == "mlp_shared":
+            # The public Flash-MNIST reproduction's two-layer scorer: one hidden layer for the
+            # whole cluster (D -> H, tanh), then one output per unit (H -> N). Its cost does
+            # not grow with N*H, unlike `mlp`'s private hidden layer per unit.
+            hidden_bound = 1.0 / math.sqrt(hidden)
+            self.hidden_weight = nn.Parameter(torch.empty(hidden, dim).uniform_(-bound, bound))
+            self.hidden_bias = nn.Parameter(torch.empty(hidden).uniform_(-bound, bound))
+            self.out_weight = nn.Parameter(
+                torch.empty(num_units, hidden).uniform_(-hidden_bound, hidden_bound)
+            )
+            self.out_bias = nn.Parameter(
+                torch.empty(num_units).uniform_(-hidden_bound, hidden_bound)
+            )
         if shifting:
             # The authors' code: Normal(0, std = sqrt(1 / sqrt(N))) for both scalars of a unit.
             std = math.sqrt(1.0 / math.sqrt(num_units))
@@ -85,7 +99,10 @@ class AttentionCluster(nn.Module):
             return torch.einsum("bld,nd->bnl", features, self.weight) / math.sqrt(self.dim)
         hidden = torch.tanh(
             torch.nn.functional.linear(features, self.hidden_weight, self.hidden_bias)
-        ).view(batch, length, self.num_units, self.hidden)
+        )
+        if self.unit == "mlp_shared":
+            return torch.einsum("blh,nh->bnl", hidden, self.out_weight) + self.out_bias[:, None]
+        hidden = hidden.view(batch, length, self.num_units, self.hidden)
         return torch.einsum("blnh,nh->bnl", hidden, self.out_weight) + self.out_bias[:, None]
 
     def shift(self, pooled: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from pipeline.datasets.generated.flash_mnist import (
     FRAMES,
     NOISE_LABEL,
     generate_flash_mnist,
-    noisy_digit_batches,
+    noisy_digit_epoch,
 )
 
 
@@ -96,11 +96,13 @@ def test_digit_frames_hold_the_pool_image_and_noise_frames_none(store: zarr.Grou
     assert centre[digit_frames].mean() > border[digit_frames].mean() + 20
 
 
-def test_noise_follows_the_pool_pixel_histogram(store: zarr.Group) -> None:
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_noise_follows_the_pixel_histogram_of_both_pools(store: zarr.Group, split: str) -> None:
     pools = load_digit_pools(source="sklearn")
-    noise = store["train/frames"][:][store["train/frame_digit"][:] == -1]
+    noise = store[f"{split}/frames"][:][store[f"{split}/frame_digit"][:] == -1]
     observed = np.bincount(noise.reshape(-1), minlength=256) / noise.size
-    expected = pools.train.pixel_histogram()
+    pixels = np.concatenate([pools.train.images.reshape(-1), pools.test.images.reshape(-1)])
+    expected = np.bincount(pixels, minlength=256) / pixels.size  # the authors' sampler
     assert observed[0] == pytest.approx(expected[0], abs=0.01)
     assert np.abs(np.cumsum(observed) - np.cumsum(expected)).max() < 0.01
 
@@ -188,16 +190,26 @@ def test_bad_options_are_user_errors(tmp_path: Path) -> None:
         generate_flash_mnist(tmp_path / "x", per_class_train=0, progress=False)
 
 
-def test_lenet_pretraining_batches_mix_train_digits_and_noise() -> None:
+def test_lenet_pretraining_epoch_is_the_authors_mix_of_digits_and_noise() -> None:
     pools = load_digit_pools(source="sklearn")
-    batches = noisy_digit_batches(pools, batch_size=512, seed=1)
-    images, labels = next(batches)
-    assert images.shape == (512, 28, 28) and images.dtype == np.uint8
-    assert set(np.unique(labels)) == set(range(11))
-    noise = labels == NOISE_LABEL
-    assert 0.03 < noise.mean() < 0.2  # about 1 in 11
+    pool_size = len(pools.train.labels)
+    digits, noise = 3 * pool_size + 5, 400  # each train image 3 times (+1 for five of them)
+    batches = list(noisy_digit_epoch(pools, "train", digits, noise, batch_size=512, seed=1))
+    images = np.concatenate([b[0] for b in batches])
+    labels = np.concatenate([b[1] for b in batches])
+    assert len(batches) == -(-(digits + noise) // 512) and images.dtype == np.uint8
+    assert images.shape == (digits + noise, 28, 28)
+    assert (labels == NOISE_LABEL).sum() == noise
+    per_digit = np.bincount(labels, minlength=11)[:10]
+    expected = 3 * np.bincount(pools.train.labels, minlength=10)
+    assert (per_digit >= expected).all() and per_digit.sum() == digits
+    is_noise = labels == NOISE_LABEL
     centre = images[:, 8:20, 8:20].mean(axis=(1, 2))
-    assert centre[~noise].mean() > centre[noise].mean() + 20
-    again, _ = next(noisy_digit_batches(pools, batch_size=512, seed=1))
-    assert np.array_equal(images, again)
-    assert not np.array_equal(images, next(batches)[0])
+    assert centre[~is_noise].mean() > centre[is_noise].mean() + 20
+    assert (labels[:512] != np.sort(labels[:512])).any()  # shuffled, not digit by digit
+    again = next(noisy_digit_epoch(pools, "train", digits, noise, batch_size=512, seed=1))
+    assert np.array_equal(images[:512], again[0])
+    test_labels = np.concatenate([b[1] for b in noisy_digit_epoch(
+        pools, "test", len(pools.test.labels), 36, batch_size=100, seed=1)])
+    assert np.array_equal(np.bincount(test_labels, minlength=11)[:10],
+                          np.bincount(pools.test.labels, minlength=10))  # each test image once

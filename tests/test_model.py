@@ -90,7 +90,7 @@ def test_avg_equals_mean_pooling_over_real_positions() -> None:
         torch.testing.assert_close(output.view(B, N, D)[:, n], mean)
 
 
-@pytest.mark.parametrize("unit", ["linear", "dot", "mlp"])
+@pytest.mark.parametrize("unit", ["linear", "dot", "mlp", "mlp_shared"])
 def test_batched_cluster_equals_per_unit_loop(unit: str) -> None:
     torch.manual_seed(4)
     cluster = AttentionCluster(D, N, unit=unit, shifting=True, hidden=8)
@@ -103,6 +103,9 @@ def test_batched_cluster_equals_per_unit_loop(unit: str) -> None:
                 scores = x @ cluster.weight[n] + cluster.bias[n]
             elif unit == "dot":
                 scores = x @ cluster.weight[n] / math.sqrt(D)
+            elif unit == "mlp_shared":  # one hidden layer, every unit reads it
+                hidden = torch.tanh(x @ cluster.hidden_weight.T + cluster.hidden_bias)
+                scores = hidden @ cluster.out_weight[n] + cluster.out_bias[n]
             else:
                 w1 = cluster.hidden_weight[n * 8 : (n + 1) * 8]
                 b1 = cluster.hidden_bias[n * 8 : (n + 1) * 8]
@@ -113,6 +116,15 @@ def test_batched_cluster_equals_per_unit_loop(unit: str) -> None:
             expected = shifted / (math.sqrt(N) * shifted.norm())
             torch.testing.assert_close(attention[b, n][mask[b]], weights)
             torch.testing.assert_close(output[b].view(N, D)[n], expected)
+
+
+def test_shared_two_layer_scorer_does_not_grow_with_units() -> None:
+    small = AttentionCluster(D, 2, unit="mlp_shared", shifting=False, hidden=16)
+    large = AttentionCluster(D, 64, unit="mlp_shared", shifting=False, hidden=16)
+    assert small.hidden_weight.shape == large.hidden_weight.shape == (16, D)
+    assert large.out_weight.shape == (64, 16)
+    private = AttentionCluster(D, 64, unit="mlp", shifting=False, hidden=16)
+    assert private.hidden_weight.shape == (64 * 16, D)
 
 
 def test_all_masked_row_gives_no_nan() -> None:

@@ -1,11 +1,15 @@
-"""The Flash-MNIST reproduction chain on a tiny set: data -> LeNet -> store -> grid -> docs.
+"""The Flash-MNIST reproduction chain on a tiny set: data -> LeNet -> store -> grid -> docs,
+filled by two worker processes, continued from the committed ledger alone.
 
 `cli.py reproduce` as a process (help, a bad value in one line): tests/system/test_cli.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -19,37 +23,48 @@ from pipeline.store.feature_store import open_store
 from pipeline.store.format import Status
 from pipeline.study.attention import attention_mass
 from pipeline.study.flash_features import class_names, frame_features
-from pipeline.study.lenet import LeNet, load_lenet
-from pipeline.study.run import reproduce
+from pipeline.study.ledger import claim, current_results, read_ledger
+from pipeline.study.lenet import LeNet, load_lenet, parameter_count
+from pipeline.study.run import LENET_NAME, grid_worker, reproduce
 from pipeline.study.settings import (
-    FULL,
-    REDUCED,
+    AUTHORS,
+    QUICK,
+    QUICK_SIZES,
     Schedule,
     Settings,
     grid,
     settings_from_options,
 )
 
-TINY = Schedule("tiny", per_class_train=1, per_class_test=1, epochs=1, lr=1e-2, hidden=8,
-                lenet_steps=40, lenet_batch=64)
+TINY = Schedule("tiny", per_class_train=1, per_class_test=1, epochs=2, lr=1e-3, hidden=16,
+                lenet_digit_images=3000, lenet_noise_images=300, seeds=(0, 1),
+                all_seeds_up_to=2, precision="bf16")
+NAMES = {"avg-n001-noshift-s0", "linear-n002-shift-s0", "linear-n002-noshift-s0",
+         "avg-n001-noshift-s1", "linear-n002-shift-s1", "linear-n002-noshift-s1"}
+
+
+def tiny_settings(root: Path) -> Settings:
+    return Settings(schedule=TINY, sizes=(2,), units=("linear",), device="cpu",
+                    data_dir=root / "data", runs_dir=root / "runs", docs_dir=root / "docs",
+                    progress=False)
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict]:
-    root = tmp_path_factory.mktemp("reproduce")
-    settings = Settings(schedule=TINY, sizes=(2,), units=("linear",), device="cpu",
-                        data_dir=root / "data", runs_dir=root / "runs", docs_dir=root / "docs",
-                        progress=False)
-    return settings, reproduce(settings)
+    settings = tiny_settings(tmp_path_factory.mktemp("reproduce"))
+    return settings, reproduce(settings, jobs=2)
 
 
-def test_lenet_tells_digits_from_noise(tiny_run: tuple[Settings, dict]) -> None:
+def test_the_authors_lenet_tells_digits_from_noise(tiny_run: tuple[Settings, dict]) -> None:
     settings, report = tiny_run
-    chance = 1 / 11
-    assert report["lenet"]["test_accuracy"] > 4 * chance
-    reloaded = load_lenet(settings.runs_dir / "lenet.pt")
-    assert reloaded.test_accuracy == report["lenet"]["test_accuracy"]
-    assert reloaded.config.steps == TINY.lenet_steps
+    assert report["lenet"]["parameters"] == parameter_count(LeNet()) == 21_891
+    assert report["lenet"]["test_accuracy"] > 4 / 11  # chance is 1/11
+    reloaded = load_lenet(settings.docs_dir / LENET_NAME)  # kept beside the docs
+    assert reloaded is not None and reloaded.test_accuracy == report["lenet"]["test_accuracy"]
+    assert reloaded.config.digit_images == TINY.lenet_digit_images
+    features = reloaded.model.features(torch.zeros(3, 28, 28, dtype=torch.uint8))
+    assert features.shape == (3, 50)  # log-probabilities over the 50 values, as the authors
+    torch.testing.assert_close(features.exp().sum(1), torch.ones(3))
 
 
 def test_store_holds_the_lenet_features_of_every_frame(tiny_run: tuple[Settings, dict]) -> None:
@@ -62,52 +77,94 @@ def test_store_holds_the_lenet_features_of_every_frame(tiny_run: tuple[Settings,
     assert features.shape == (2 * CLASSES, 25, 50) and features.dtype == np.float16
     assert (status == Status.DONE).all() and mask.all()
     assert np.array_equal(times[0], np.arange(25, dtype=np.float32))
-    assert list(np.unique(store.splits[:, 0], return_counts=True)[1]) == [CLASSES, CLASSES]
     # Row n_train + i is test video i: recompute its features with the saved LeNet.
     flash = zarr.open_group(str(settings.data_dir / "flash-mnist.zarr"), mode="r")
-    lenet: LeNet = load_lenet(settings.runs_dir / "lenet.pt").model
+    lenet = load_lenet(settings.docs_dir / LENET_NAME).model
     expected = frame_features(lenet, flash["test/frames"][5:8], torch.device("cpu"))
     np.testing.assert_allclose(features[CLASSES + 5 : CLASSES + 8], expected, rtol=1e-2,
                                atol=1e-2)
     assert np.array_equal(store.labels[CLASSES:], flash["test/label"][:])
 
 
-def test_results_docs_and_figure_are_written(tiny_run: tuple[Settings, dict]) -> None:
+def test_every_configuration_is_in_the_ledger_once(tiny_run: tuple[Settings, dict]) -> None:
     settings, report = tiny_run
-    names = {r["name"] for r in report["results"]}
-    assert names == {"avg-n001-noshift", "linear-n002-shift", "linear-n002-noshift"}
-    saved = json.loads((settings.docs_dir / "reproduction.json").read_text())
-    assert saved["results"] == report["results"]
-    assert all(0 <= r["top1"] <= 1 and len(r["val_top1_per_epoch"]) == 1 for r in saved["results"])
+    ledger = read_ledger(settings.docs_dir)
+    names = [r["name"] for r in ledger["results"]]
+    assert sorted(names) == sorted(NAMES) and report["configurations"] == len(NAMES)
+    for entry in ledger["results"]:
+        curve = entry["val_top1_per_epoch"]
+        assert entry["epochs"] == len(curve) == TINY.epochs
+        assert entry["top1"] == curve[-1] and entry["best_top1"] == max(curve)
+        assert curve[entry["best_epoch"] - 1] == entry["best_top1"]
+        assert entry["seed"] == int(entry["name"][-1]) and len(entry["key"]) == 16
+        metrics = json.loads((settings.runs_dir / entry["name"] / "metrics.json").read_text())
+        assert [e["val"]["top1"] for e in metrics["epochs"]] == curve
+    seeds = {r["name"]: r for r in ledger["results"]}
+    assert seeds["linear-n002-shift-s0"]["key"] != seeds["linear-n002-shift-s1"]["key"]
+    assert ledger["schedule"]["epochs"] == TINY.epochs and ledger["lenet"]["parameters"] == 21_891
+
+
+def test_docs_and_figures_are_written(tiny_run: tuple[Settings, dict]) -> None:
+    settings, _ = tiny_run
     markdown = (settings.docs_dir / "reproduction.md").read_text()
+    assert "**6 of 6 configurations finished**" in markdown
     for row in ("| ours, linear (one layer), shifting |", "| ours, linear (one layer), no "
                 "shifting |", "| ours, average pooling (any N) |",
-                "| public reproduction, linear (one layer) | 65.8 |"):
+                "| public reproduction (best of 200 epochs), linear (one layer) | 65.8 |",
+                "## Best epoch's test top-1 (%) (its epoch)", " ± "):
         assert row in markdown
-    assert "mlp" not in {r["unit"] for r in saved["results"]}
-    figure = settings.docs_dir / "figures" / "flash_mnist_attention.png"
-    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    pixels = matplotlib.image.imread(figure)
-    assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 500
+    for name in ("flash_mnist_attention.png", "flash_mnist_curves_linear.png"):
+        figure = settings.docs_dir / "figures" / name
+        pixels = matplotlib.image.imread(figure)
+        assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 500
 
 
 def test_attention_favours_digit_frames(tiny_run: tuple[Settings, dict]) -> None:
     _, report = tiny_run
     attention = report["attention"]
-    attentive = [r for r in report["results"] if r["unit"] != "avg"]
-    best = max(r["top1"] for r in attentive)
-    assert attention["run"] in {r["name"] for r in attentive if r["top1"] == best}
+    assert attention["run"].startswith("linear-n002-")
     assert 0 < attention["digit_frame_share"] < 1
     assert attention["digit_attention_mass"] > attention["digit_frame_share"]
 
 
-def test_rerun_resumes_without_retraining(tiny_run: tuple[Settings, dict]) -> None:
+def test_a_new_machine_continues_from_the_ledger_alone(tiny_run: tuple[Settings, dict],
+                                                      tmp_path: Path) -> None:
     settings, report = tiny_run
-    results = sorted((settings.runs_dir / "results").glob("*.json"))
-    before = {path: path.stat().st_mtime_ns for path in results}
-    again = reproduce(settings)
-    assert {path: path.stat().st_mtime_ns for path in results} == before
-    assert again["results"] == report["results"]
+    # A fresh clone: only docs/ (ledger, LeNet) was committed; data and runs are gone.
+    fresh = dataclasses.replace(tiny_settings(tmp_path), docs_dir=tmp_path / "docs")
+    shutil.copytree(settings.docs_dir, fresh.docs_dir)
+    again = reproduce(fresh)
+    assert again["results"] == report["results"]  # nothing retrained...
+    assert not any((fresh.runs_dir / name).exists() for name in NAMES)
+    assert again["attention"] == report["attention"]  # ...and the analysis kept
+
+
+def test_a_configuration_claimed_by_another_process_is_left_to_it(
+        tiny_run: tuple[Settings, dict], tmp_path: Path) -> None:
+    settings, _ = tiny_run
+    other_seed = dataclasses.replace(settings, schedule=dataclasses.replace(TINY, seeds=(5,)),
+                                     runs_dir=tmp_path / "runs", docs_dir=tmp_path / "docs")
+    shutil.copytree(settings.docs_dir, other_seed.docs_dir)
+    store = settings.data_dir / "features.zarr"
+    fingerprint = json.dumps(open_store(store).modalities["digits"].config, sort_keys=True)
+    held = "linear-n002-shift-s5"
+    with claim(other_seed.runs_dir, held) as mine:  # another process is training this one
+        assert mine
+        trained = grid_worker(other_seed, store, fingerprint, threads=None)
+    assert trained == 2
+    names = {r["name"] for r in read_ledger(other_seed.docs_dir)["results"]}
+    # Seed 5's configurations but the held one; the seed 0 and 1 entries are another grid's.
+    assert names == {"avg-n001-noshift-s5", "linear-n002-noshift-s5"}
+    assert not (other_seed.runs_dir / held).exists()
+
+
+def test_ledger_entries_without_this_runs_key_are_not_results() -> None:
+    ledger = {"results": [{"name": "avg-n001-noshift"},  # an earlier format: no key at all
+                          {"name": "linear-n002-shift-s0", "key": "old"},
+                          {"name": "linear-n002-shift-s1", "key": "k1"}]}
+    keys = {"avg-n001-noshift": "k0", "linear-n002-shift-s0": "k0", "linear-n002-shift-s1": "k1"}
+    assert [e["name"] for e in current_results(ledger, keys)] == ["linear-n002-shift-s1"]
+    assert current_results(ledger, {"avg-n001-noshift": None}) == []
 
 
 def test_attention_mass_matches_its_definition() -> None:
@@ -127,28 +184,27 @@ def test_attention_mass_matches_its_definition() -> None:
     assert stats["units_with_majority_on_digits"] == 0.0
 
 
-def test_grid_and_options() -> None:
-    cells = grid((1, 2), ("linear", "mlp"))
-    assert len(grid((1, 2, 4, 8, 16, 32, 64, 128), ("linear", "mlp"))) == 33
-    assert cells[0].name == "avg-n001-noshift" and len({c.name for c in cells}) == len(cells)
+def test_grid_order_and_options() -> None:
+    cells = grid((1, 2, 4, 8, 16, 32, 64, 128), ("linear", "mlp_shared"), AUTHORS)
+    assert len(cells) == 33 + 2 * (1 + 16)  # seeds 1 and 2 for N <= 8 and average pooling
+    names = [c.name for c in cells]
+    assert len(set(names)) == len(names) and names[0] == "avg-n001-noshift-s0"
+    shifting = [c.shifting for c in cells[1:33]]
+    assert shifting == [True] * 16 + [False] * 16  # the rows with shifting first
+    assert names[1:3] == ["linear-n001-shift-s0", "mlp_shared-n001-shift-s0"]
+    assert all(c.seed > 0 and c.units <= 8 for c in cells[33:])
     default = settings_from_options()
-    assert default.schedule == REDUCED and default == Settings()
-    full = settings_from_options(full=True, device="cpu").schedule
-    assert (full.per_class_train, full.per_class_test, full.epochs) == (100, 10, 100)
-    assert full == FULL
-    custom = settings_from_options(epochs=5, sizes="4,8")
-    assert custom.schedule.epochs == 5 and custom.sizes == (4, 8)
-    assert custom.schedule.per_class_train == REDUCED.per_class_train
-    assert custom.schedule.name == "reduced (custom: {'epochs': 5})"
-    with pytest.raises(UserError, match="--sizes"):
-        settings_from_options(sizes="four")
-    with pytest.raises(UserError, match="--sizes"):
-        settings_from_options(sizes="0,4")
-    with pytest.raises(UserError, match="--units"):
-        settings_from_options(units="conv")
-    with pytest.raises(UserError, match="--epochs"):
-        settings_from_options(epochs=0)
-    with pytest.raises(UserError, match="--lr"):
-        settings_from_options(lr=-1e-3)
-    with pytest.raises(UserError, match="--source"):
-        settings_from_options(source="emnist")
+    assert default.schedule == AUTHORS and default == Settings()
+    assert (AUTHORS.per_class_train, AUTHORS.per_class_test, AUTHORS.epochs, AUTHORS.lr,
+            AUTHORS.hidden) == (100, 10, 100, 1e-3, 128)
+    quick = settings_from_options(quick=True)
+    assert quick.schedule == QUICK and quick.sizes == QUICK_SIZES
+    custom = settings_from_options(epochs=30, sizes="4,8", precision="fp32")
+    assert custom.schedule.epochs == 30 and custom.sizes == (4, 8)
+    assert custom.schedule.name == "authors (custom: {'epochs': 30, 'precision': 'fp32'})"
+    for options, flag in (({"sizes": "four"}, "--sizes"), ({"sizes": "0,4"}, "--sizes"),
+                          ({"units": "conv"}, "--units"), ({"epochs": 0}, "--epochs"),
+                          ({"precision": "fp16"}, "--precision"),
+                          ({"source": "emnist"}, "--source")):
+        with pytest.raises(UserError, match=flag):
+            settings_from_options(**options)

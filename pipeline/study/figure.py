@@ -1,8 +1,11 @@
-"""The Flash-MNIST attention figure: a few test videos above each unit's attention."""
+"""The Flash-MNIST figures: a few test videos above each unit's attention, and the test
+accuracy after every epoch of every configuration (one figure per unit kind)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -11,6 +14,7 @@ from matplotlib.figure import Figure
 from pipeline.datasets.generated.flash_mnist import NOISE
 
 FIGURE_NAME = "flash_mnist_attention.png"
+CURVES_NAME = "flash_mnist_curves_{unit}.png"
 FIGURE_VIDEOS = 4
 
 
@@ -59,3 +63,42 @@ def draw_attention_figure(path: Path, dataset: Path, analysis: dict[str, np.ndar
 
 def digits_of(class_id: int) -> str:
     return "{" + ",".join(str(d) for d in range(10) if int(class_id) >> d & 1) + "}"
+
+
+def draw_curves(folder: Path, results: Sequence[dict[str, Any]], units: Sequence[str]
+                ) -> list[Path]:
+    """Test top-1 after every epoch, one line per cluster size (seed 0; solid: shifting,
+    dashed: none), with average pooling in grey; one file per unit kind that has results."""
+    from matplotlib import colormaps
+
+    avg = [r for r in results if r["unit"] == "avg" and r["seed"] == 0]
+    written = []
+    for unit in units:
+        rows = sorted((r for r in results if r["unit"] == unit and r["seed"] == 0),
+                      key=lambda r: (r["units"], not r["shifting"]))
+        if not rows:
+            continue
+        sizes = sorted({r["units"] for r in rows})
+        colours = colormaps["viridis"](np.linspace(0, 0.9, len(sizes)))
+        figure = Figure(figsize=(8, 5), layout="constrained")
+        axes = figure.subplots()
+        for row in rows:
+            curve = 100 * np.asarray(row["val_top1_per_epoch"])
+            axes.plot(np.arange(1, len(curve) + 1), curve,
+                      color=colours[sizes.index(row["units"])],
+                      linestyle="-" if row["shifting"] else "--", linewidth=1.2,
+                      label=f"N={row['units']}{'' if row['shifting'] else ', no shifting'}")
+        for row in avg:
+            curve = 100 * np.asarray(row["val_top1_per_epoch"])
+            axes.plot(np.arange(1, len(curve) + 1), curve, color="grey", linestyle=":",
+                      label="average pooling")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel("test top-1 (%)")
+        axes.set_title(f"Flash-MNIST, {unit} units: test accuracy after every epoch")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7, ncol=2)
+        path = folder / CURVES_NAME.format(unit=unit)
+        folder.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=90)
+        written.append(path)
+    return written

@@ -1,23 +1,26 @@
-"""Run (or resume) the paper's Flash-MNIST study: the cluster-size / unit / shifting grid.
+"""Run (or continue) the paper's Flash-MNIST study: the cluster-size / unit / shifting grid.
 
-    python cli.py reproduce                      # the reduced schedule sized for a 2-core CPU
-    python cli.py reproduce --full --device cuda # the paper's schedule (100/10 videos per
-                                                 # class, 100 epochs), for a GPU
+    python cli.py reproduce               # the authors' setup; continues the committed grid
+    python cli.py reproduce --jobs 2      # two training processes (one per core)
+    python cli.py reproduce --quick       # the whole chain in about a minute
 
-Steps, each skipped when its output already exists for the same settings, so an interrupted
-run continues where it stopped: generate Flash-MNIST (pipeline/datasets/generated/
-flash_mnist.py), pre-train the LeNet (pipeline/study/lenet.py), write the 50-d frame features
-as a normal store (pipeline/study/flash_features.py), train every grid configuration with the
-normal training code (one result JSON each), then measure where the attention goes
-(pipeline/study/attention.py) and write docs/reproduction.md, docs/reproduction.json
-(pipeline/study/report.py) and docs/figures/flash_mnist_attention.png
-(pipeline/study/figure.py).
+Steps, each skipped when its output already exists for the same settings: generate
+Flash-MNIST (pipeline/datasets/generated/flash_mnist.py), pre-train the authors' LeNet
+(pipeline/study/lenet.py; kept beside the docs, so the committed results stay the results of
+those features), write the 50-d frame features as a normal store (flash_features.py), train
+every grid configuration with the normal training code (pipeline/train/loop.py, resumable by
+epoch), recording each result in docs/reproduction.json as it finishes (ledger.py), then
+measure where the attention goes (attention.py) and write docs/reproduction.md and the
+figures (report.py, figure.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import multiprocessing
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +30,7 @@ import torch
 import zarr
 
 from extract.device import resolve_device
-from pipeline.atomic import write_json_atomic
+from extract.errors import UserError
 from pipeline.datasets.generated.digits import load_digit_pools
 from pipeline.datasets.generated.flash_mnist import STORE_NAME, generate_flash_mnist
 from pipeline.store.feature_store import open_store
@@ -38,14 +41,32 @@ from pipeline.study.attention import (
     test_attention,
     untrained_like,
 )
-from pipeline.study.figure import FIGURE_NAME, draw_attention_figure
+from pipeline.study.figure import FIGURE_NAME, draw_attention_figure, draw_curves
 from pipeline.study.flash_features import MODALITY, write_flash_features
-from pipeline.study.lenet import LeNetConfig, load_lenet, pretrain_lenet, save_lenet, state_sha256
+from pipeline.study.ledger import claim, current_results, finished, read_ledger, update_ledger
+from pipeline.study.lenet import (
+    LeNetConfig,
+    load_lenet,
+    parameter_count,
+    pretrain_lenet,
+    save_lenet,
+    state_sha256,
+)
 from pipeline.study.report import machine_description, write_report
-from pipeline.study.settings import BATCH_SIZE, DROPOUT, PUBLIC, Settings, grid
+from pipeline.study.settings import (
+    BATCH_SIZE,
+    DROPOUT,
+    PUBLIC,
+    GridConfig,
+    Settings,
+    grid,
+)
 from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.train.config import TrainConfig
 from pipeline.train.loop import train
+
+DATA_SEED = 0  # the dataset and the LeNet; the grid's seeds are the schedule's
+LENET_NAME = "reproduction-lenet.pt"
 
 
 def log(message: str) -> None:
@@ -53,38 +74,41 @@ def log(message: str) -> None:
 
 
 def prepare_dataset(settings: Settings) -> tuple[Path, str]:
-    """Generate Flash-MNIST unless the same seed/counts/source already lie on disk."""
+    """Generate Flash-MNIST unless the same counts/source already lie on disk."""
     path = settings.data_dir / STORE_NAME
     wanted = {"train": settings.schedule.per_class_train, "test": settings.schedule.per_class_test}
     if path.exists():
         attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
         source_ok = settings.source == "auto" or attrs.get("source", "").startswith(
             settings.source)
-        if attrs.get("seed") == settings.seed and attrs.get("per_class") == wanted and source_ok:
+        if (attrs.get("seed") == DATA_SEED and attrs.get("per_class") == wanted and source_ok
+                and attrs.get("noise") == "both-pools"):
             log(f"Flash-MNIST: reusing {path}")
             return path, str(attrs["source"])
     log(f"Flash-MNIST: generating {wanted} videos per class into {path}")
-    generate_flash_mnist(settings.data_dir, seed=settings.seed, per_class_train=wanted["train"],
+    generate_flash_mnist(settings.data_dir, seed=DATA_SEED, per_class_train=wanted["train"],
                          per_class_test=wanted["test"], mnist_dir=settings.mnist_dir,
                          source=settings.source, progress=settings.progress)
     return path, str(zarr.open_group(str(path), mode="r").attrs["source"])
 
 
 def prepare_lenet(settings: Settings, device: torch.device):
-    """Pre-train the LeNet (or reload the one pre-trained with the same settings)."""
-    config = LeNetConfig(steps=settings.schedule.lenet_steps,
-                         batch_size=settings.schedule.lenet_batch, seed=settings.seed)
-    path = settings.runs_dir / "lenet.pt"
+    """Pre-train the LeNet, or reload the one kept beside the docs for the same settings."""
+    schedule = settings.schedule
+    config = LeNetConfig(digit_images=schedule.lenet_digit_images,
+                         noise_images=schedule.lenet_noise_images, seed=DATA_SEED)
+    path = settings.docs_dir / LENET_NAME
     pools = load_digit_pools(mnist_dir=settings.mnist_dir, source=settings.source)
     if path.exists():
         result = load_lenet(path)
-        if result.config == config and result.source == pools.source:
+        if result is not None and result.config == config and result.source == pools.source:
             log(f"LeNet: reusing {path} (11-class test accuracy {result.test_accuracy:.3f})")
             return result
-    log(f"LeNet: pre-training {config.steps} steps of {config.batch_size} noisy digits")
+    log(f"LeNet: pre-training one epoch of {config.digit_images:,} noisy digits and "
+        f"{config.noise_images:,} noise frames")
     result = pretrain_lenet(pools, config, device=device, progress=settings.progress)
     save_lenet(path, result)
-    log(f"LeNet: 11-class accuracy on noisy test-pool digits {result.test_accuracy:.3f} "
+    log(f"LeNet: 11-class accuracy on the noisy test set {result.test_accuracy:.3f} "
         f"({result.seconds:.0f} s)")
     return result
 
@@ -94,10 +118,10 @@ def prepare_features(settings: Settings, dataset: Path, lenet, device: torch.dev
     """The feature store; rebuilt when the LeNet or the dataset changed."""
     attrs = zarr.open_group(str(dataset), mode="r").attrs.asdict()
     extraction = {
-        "extractor": "lenet-50d",
+        "extractor": "lenet-authors-log-softmax-50d",
         "lenet_sha256": state_sha256(lenet.model),
         "lenet": dataclasses.asdict(lenet.config),
-        "dataset": {k: attrs[k] for k in ("source", "seed", "per_class")},
+        "dataset": {k: attrs[k] for k in ("source", "seed", "per_class", "noise")},
     }
     fingerprint = json.dumps(extraction, sort_keys=True)
     store_path = settings.data_dir / "features.zarr"
@@ -105,7 +129,7 @@ def prepare_features(settings: Settings, dataset: Path, lenet, device: torch.dev
     if store_path.exists():
         recorded = open_store(store_path).modalities.get(MODALITY)
         overwrite = recorded is None or json.dumps(recorded.config, sort_keys=True) != fingerprint
-    log(f"features: LeNet 50-d features of every frame into {store_path}")
+    log(f"features: LeNet features of every frame into {store_path}")
     started = time.perf_counter()
     write_flash_features(dataset, store_path, lenet.model, extraction, device=device,
                          overwrite=overwrite, progress=settings.progress)
@@ -113,95 +137,153 @@ def prepare_features(settings: Settings, dataset: Path, lenet, device: torch.dev
     return store_path, fingerprint
 
 
-def run_grid(settings: Settings, store: Path, fingerprint: str) -> list[dict[str, Any]]:
-    """Train every configuration whose result JSON is missing or stale; return all results."""
-    results_dir = settings.runs_dir / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    cells = grid(settings.sizes, settings.units)
+def train_config(settings: Settings, cell: GridConfig) -> TrainConfig:
     schedule = settings.schedule
-    key = {"features": fingerprint, "epochs": schedule.epochs, "lr": schedule.lr,
-           "hidden": schedule.hidden, "seed": settings.seed}
-    results, spent, trained = [], 0.0, 0
+    return TrainConfig.from_dict({
+        "split": 1, "modalities": [MODALITY], "epochs": schedule.epochs,
+        "batch_size": BATCH_SIZE, "lr": schedule.lr, "hidden": schedule.hidden,
+        "clusters": {MODALITY: cell.units}, "unit": cell.unit, "shifting": cell.shifting,
+        "dropout": DROPOUT, "head": "linear", "seed": cell.seed, "device": settings.device,
+        "streaming": "off", "precision": schedule.precision, "progress": settings.progress,
+    })
+
+
+def cell_key(settings: Settings, fingerprint: str, cell: GridConfig) -> str:
+    """What a configuration's result depends on, except the epochs (recorded beside it)."""
+    settings_used = dataclasses.asdict(train_config(settings, cell))
+    for presentation in ("device", "progress", "epochs"):
+        settings_used.pop(presentation)
+    text = json.dumps({"features": fingerprint, "train": settings_used}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def train_cell(settings: Settings, store: Path, cell: GridConfig, key: str) -> dict[str, Any]:
+    """Train one configuration (continuing its last saved epoch) and return its entry."""
+    outcome = train(store, settings.runs_dir / cell.name, train_config(settings, cell),
+                    resume=True)
+    epochs = [h["val"]["top1"] for h in outcome.history]
+    return {
+        "name": cell.name, "unit": cell.unit, "units": cell.units, "shifting": cell.shifting,
+        "seed": cell.seed, "epochs": len(epochs), "top1": epochs[-1],
+        "best_top1": max(epochs), "best_epoch": outcome.best_epoch,
+        "val_top1_per_epoch": epochs,
+        "train_top1_final": outcome.history[-1]["train_accuracy"],
+        "seconds": round(outcome.seconds, 1), "steps": outcome.steps,
+        "machine": f"{machine_description(resolve_device(settings.device))}, "
+                   f"{torch.get_num_threads()} thread(s)",
+        "key": key,
+    }
+
+
+def grid_worker(settings: Settings, store: Path, fingerprint: str, threads: int | None) -> int:
+    """Train every configuration nobody finished or holds, in grid order; returns how many
+    this process trained. Any number of these may run at once, on one machine or several
+    sharing runs/ and docs/."""
+    if threads:
+        torch.set_num_threads(threads)
+    cells = grid(settings.sizes, settings.units, settings.schedule)
+    keys = {c.name: cell_key(settings, fingerprint, c) for c in cells}
+    epochs = settings.schedule.epochs
+    trained = 0
     for index, cell in enumerate(cells, start=1):
-        path = results_dir / f"{cell.name}.json"
-        if path.exists():
-            old = json.loads(path.read_text())
-            if old.get("key") == key:
-                results.append(old)
-                continue
-        config = TrainConfig.from_dict({
-            "split": 1, "modalities": [MODALITY], "epochs": schedule.epochs,
-            "batch_size": BATCH_SIZE, "lr": schedule.lr, "hidden": schedule.hidden,
-            "clusters": {MODALITY: cell.units}, "unit": cell.unit,
-            "shifting": cell.shifting, "dropout": DROPOUT, "head": "linear",
-            "seed": settings.seed, "device": settings.device, "streaming": "off",
-            "progress": False,
-        })
-        outcome = train(store, settings.runs_dir / cell.name, config)
-        epochs = [h["val"]["top1"] for h in outcome.history]
-        result = {
-            "name": cell.name, "unit": cell.unit, "units": cell.units,
-            "shifting": cell.shifting, "top1": epochs[-1], "best_top1": max(epochs),
-            "best_epoch": outcome.best_epoch, "val_top1_per_epoch": epochs,
-            "train_top1_final": outcome.history[-1]["train_accuracy"],
-            "seconds": round(outcome.seconds, 1), "checkpoint": str(outcome.checkpoint),
-            "key": key,
-        }
-        write_json_atomic(path, result)
-        results.append(result)
-        spent += outcome.seconds
+        if finished(read_ledger(settings.docs_dir), cell.name, keys[cell.name], epochs):
+            continue
+        with claim(settings.runs_dir, cell.name) as mine:
+            if not mine or finished(read_ledger(settings.docs_dir), cell.name,
+                                    keys[cell.name], epochs):
+                continue  # another process trains it, or just finished it
+            log(f"[{index}/{len(cells)}] {cell.name}: training {epochs} epochs")
+            result = train_cell(settings, store, cell, keys[cell.name])
+            ledger = update_ledger(settings.docs_dir, {}, result, keys)
         trained += 1
-        remaining = sum(1 for c in cells[index:]
-                        if not (results_dir / f"{c.name}.json").exists())
-        log(f"[{index}/{len(cells)}] {cell.name}: top-1 {100 * result['top1']:.1f}% "
-            f"({outcome.seconds:.0f} s; {remaining} to go, ~{spent / trained * remaining / 60:.0f}"
-            f" min if alike)")
-    return results
+        done = len(current_results(ledger, keys))
+        log(f"[{index}/{len(cells)}] {cell.name}: test top-1 last {100 * result['top1']:.1f}%"
+            f", best {100 * result['best_top1']:.1f}% (epoch {result['best_epoch']}); "
+            f"{result['seconds'] / 60:.0f} min; {done} of {len(cells)} finished")
+    return trained
 
 
-def digit_pool_size(dataset: Path, split: str) -> int:
-    """How many distinct digit images a split's videos draw from."""
-    return int(zarr.open_group(str(dataset), mode="r")[split].attrs["digit_pool_size"])
+def run_workers(settings: Settings, store: Path, fingerprint: str, jobs: int) -> None:
+    """`jobs` grid workers: this process and jobs - 1 children, one share of the cores each."""
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=grid_worker, args=(settings, store, fingerprint, threads))
+                for _ in range(jobs - 1)]
+    for child in children:
+        child.start()
+    try:
+        grid_worker(settings, store, fingerprint, threads)
+    finally:
+        for child in children:
+            child.join()
+    failed = [c.exitcode for c in children if c.exitcode]
+    if failed:
+        raise UserError(f"{len(failed)} grid worker(s) failed (exit codes {failed}); rerun "
+                        "to continue where they stopped")
 
 
-def reproduce(settings: Settings) -> dict[str, Any]:
-    """Run (or resume) the whole study and write the docs; returns the report dict."""
+def attention_analysis(settings: Settings, results: list[dict[str, Any]],
+                       previous: dict[str, Any] | None, store: Path, dataset: Path,
+                       device: torch.device) -> tuple[dict[str, Any] | None, Path | None]:
+    """Where the attention goes, for the best legible model trained here; the previous
+    analysis is kept when its model is still the better one (checkpoints stay in runs/)."""
+    local = [r for r in results if (settings.runs_dir / r["name"] / "best.pt").exists()]
+    by_name = {r["name"]: r for r in results}
+    kept = previous if previous and previous.get("run") in by_name else None
+    if not local:
+        return kept, None
+    chosen = pick_attention_run(local)
+    if kept and (by_name[kept["run"]]["top1"] >= chosen["top1"] or kept["run"] == chosen["name"]):
+        return kept, None
+    checkpoint = load_checkpoint(settings.runs_dir / chosen["name"] / "best.pt")
+    trained = model_from_checkpoint(checkpoint, device)
+    analysis = test_attention(trained, store, dataset, device)
+    untrained = test_attention(untrained_like(trained, DATA_SEED), store, dataset, device)
+    figure = settings.docs_dir / "figures" / FIGURE_NAME
+    shown = draw_attention_figure(figure, dataset, analysis, chosen["name"])
+    return {"run": chosen["name"], "figure_videos": shown,
+            **attention_mass(analysis["attention"], analysis["frame_digit"]),
+            "untrained": attention_mass(untrained["attention"], untrained["frame_digit"])}, figure
+
+
+def reproduce(settings: Settings, jobs: int = 1) -> dict[str, Any]:
+    """Run (or continue) the whole study and write the docs; returns the report dict."""
     device = resolve_device(settings.device)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    settings.runs_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (settings.data_dir, settings.runs_dir, settings.docs_dir):
+        folder.mkdir(parents=True, exist_ok=True)
     dataset, source = prepare_dataset(settings)
     lenet = prepare_lenet(settings, device)
     store, fingerprint = prepare_features(settings, dataset, lenet, device)
-    results = run_grid(settings, store, fingerprint)
-    chosen = pick_attention_run(results)
-    trained = model_from_checkpoint(load_checkpoint(chosen["checkpoint"]), device)
-    analysis = test_attention(trained, store, dataset, device)
-    untrained = test_attention(untrained_like(trained, settings.seed), store, dataset, device)
-    figure = settings.docs_dir / "figures" / FIGURE_NAME
-    shown = draw_attention_figure(figure, dataset, analysis, chosen["name"])
-    flash_attrs = zarr.open_group(str(dataset), mode="r").attrs.asdict()
-    report = {
+    cells = grid(settings.sizes, settings.units, settings.schedule)
+    keys = {c.name: cell_key(settings, fingerprint, c) for c in cells}
+    flash = zarr.open_group(str(dataset), mode="r")
+    fields = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "schedule": dataclasses.asdict(settings.schedule),
-        "seed": settings.seed,
+        "sizes": list(settings.sizes),
+        "units": list(settings.units),
+        "configurations": len(cells),
         "source": source,
-        "videos": flash_attrs["counts"],
-        "digit_pool": {split: digit_pool_size(dataset, split) for split in ("train", "test")},
-        "machine": machine_description(device),
+        "videos": flash.attrs["counts"],
+        "digit_pool": {split: int(flash[split].attrs["digit_pool_size"])
+                       for split in ("train", "test")},
         "lenet": {"config": dataclasses.asdict(lenet.config),
+                  "parameters": parameter_count(lenet.model),
                   "test_accuracy": lenet.test_accuracy, "train_accuracy": lenet.train_accuracy,
                   "seconds": round(lenet.seconds, 1)},
-        "attention": {"run": chosen["name"], "figure_videos": shown,
-                      **attention_mass(analysis["attention"], analysis["frame_digit"]),
-                      "untrained": attention_mass(untrained["attention"],
-                                                  untrained["frame_digit"])},
         "feature_norms": feature_norms(store, dataset),
-        "results": [{k: v for k, v in r.items() if k not in ("checkpoint", "key")}
-                    for r in results],
         "public_reproduction": {u: {str(n): v for n, v in c.items()} for u, c in PUBLIC.items()},
     }
-    settings.docs_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(settings.docs_dir / "reproduction.json", report)
+    update_ledger(settings.docs_dir, fields, None, keys)
+    run_workers(settings, store, fingerprint, jobs)
+    ledger = read_ledger(settings.docs_dir)
+    results = current_results(ledger, keys)
+    attention, figure = attention_analysis(settings, results, ledger.get("attention"), store,
+                                           dataset, device)
+    curves = draw_curves(settings.docs_dir / "figures", results, settings.units)
+    report = update_ledger(settings.docs_dir, {"attention": attention}, None, keys)
     markdown = write_report(settings, report)
-    log(f"wrote {markdown}, {settings.docs_dir / 'reproduction.json'} and {figure}")
+    log(f"{len(results)} of {len(cells)} configurations finished; wrote {markdown}, "
+        f"{settings.docs_dir / 'reproduction.json'}"
+        + "".join(f", {p}" for p in [figure, *curves] if p is not None))
     return report

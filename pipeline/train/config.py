@@ -17,6 +17,7 @@ from model.attention import UNIT_KINDS
 from model.network import HEADS
 
 SCHEDULES = ("none", "cosine", "step")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -40,6 +41,9 @@ class TrainConfig:
     head: str = "linear"
     hidden: int = 128
     seed: int = 0
+    # bf16: the training forward pass under bf16 autocast (weights, optimiser and validation
+    # stay fp32); about 2x faster on CPUs with AVX512-BF16 or AMX and on recent GPUs.
+    precision: str = "fp32"
     device: str = "auto"
     memory_budget_gb: float | None = None  # None: half the available memory
     streaming: str = "auto"  # auto | on | off
@@ -72,6 +76,7 @@ class TrainConfig:
             (self.unit in UNIT_KINDS, f"unit must be one of {', '.join(UNIT_KINDS)}"),
             (self.head in HEADS, f"head must be one of {', '.join(HEADS)}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
             (self.streaming in ("auto", "on", "off"), "streaming must be auto, on or off"),
             (self.epochs is None or self.epochs >= 1, "epochs must be at least 1"),
             (self.min_epochs >= 1, "min_epochs must be at least 1"),

@@ -4,6 +4,8 @@ One call, `train(store, out_dir, config)`, writes into out_dir:
   best.pt         the checkpoint of the epoch with the best validation top-1 (single-label)
                   or GAP (multi-label), ties going to the lower validation loss; see
                   pipeline/train/checkpoint.py
+  last.pt         with resume=True only, while the run is unfinished: the state after the last
+                  saved epoch, from which a rerun continues (pipeline/train/resume.py)
   metrics.json    one entry per epoch (train loss/accuracy, optimiser steps so far,
                   validation metrics) and the total steps, rewritten with best.pt (after an
                   epoch that raised the headline metric, at least every SAVE_INTERVAL_S, after
@@ -31,7 +33,7 @@ from extract.errors import UserError
 from model.network import AttentionClusterNet, loss_fn
 from pipeline.atomic import write_json_atomic
 from pipeline.store.format import Split
-from pipeline.train.checkpoint import save_checkpoint
+from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import SplitData, load_split
 from pipeline.train.evaluate import predict, to_device
@@ -42,6 +44,7 @@ from pipeline.train.metrics import (
     write_per_class_csv,
 )
 from pipeline.train.plots import plot_confusion, plot_curves
+from pipeline.train.resume import LAST_NAME, load_progress, save_progress
 
 
 class TrainingDiverged(Exception):
@@ -140,12 +143,14 @@ def train_epoch(
         disable=not config.progress,
         leave=False,
     )
+    low_precision = config.precision == "bf16"
     for inputs, labels in data.train.batches(
         config.batch_size, shuffle=True, seed=config.seed * 1_000_003 + epoch
     ):
         labels = labels.to(device, non_blocking=True)
-        logits, _ = model(to_device(inputs, device))
-        loss = criterion(logits, labels)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low_precision):
+            logits, _ = model(to_device(inputs, device))
+        loss = criterion(logits.float(), labels)
         value = float(loss.detach())
         if not math.isfinite(value):  # stop before the weights become NaN
             raise TrainingDiverged(epoch, value)
@@ -211,8 +216,22 @@ def budget_line(config: TrainConfig, train_rows: int, epochs: int) -> str:
     return line
 
 
-def train(store: str | Path, out_dir: str | Path, config: TrainConfig) -> TrainResult:
-    """Train on `store` (split `config.split`), validating every epoch; see module doc."""
+def best_epoch_scores(path: Path, data: SplitData, config: TrainConfig, device: torch.device
+                      ) -> tuple[Any, Any]:
+    """Validation scores and labels of the model in best.pt (a resumed run did not keep them
+    in memory)."""
+    model = model_from_checkpoint(load_checkpoint(path), device)
+    scores, labels, _ = predict(model, data.test.batches(max(config.batch_size, 256)), device,
+                                data.store.task)
+    return scores, labels
+
+
+def train(store: str | Path, out_dir: str | Path, config: TrainConfig,
+          resume: bool = False) -> TrainResult:
+    """Train on `store` (split `config.split`), validating every epoch; see module doc.
+
+    resume: keep last.pt while training and, when out_dir already holds one written with
+    the same settings, continue after its epoch instead of starting over."""
     config.validate()
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -243,7 +262,15 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig) -> TrainR
     headline = headline_metric(task)
     history: list[dict[str, Any]] = []
     best = BestEpoch(out_dir / "best.pt")
-    steps, written_at = 0, time.monotonic()
+    steps, written_at, first_epoch = 0, time.monotonic(), 1
+    saved = load_progress(out_dir, model=model, optimizer=optimizer, scheduler=scheduler,
+                          config=config) if resume else None
+    if saved is not None:
+        history, steps, first_epoch = saved.history, saved.steps, saved.epoch + 1
+        best.epoch, best.value, best.loss = (saved.best["epoch"], saved.best["value"],
+                                             saved.best["loss"])
+        if config.progress:
+            tqdm.write(f"resuming {out_dir} after epoch {saved.epoch} ({steps} steps)")
 
     def write_history(best_epoch: int, steps: int) -> None:
         write_json_atomic(out_dir / "metrics.json", {
@@ -254,7 +281,7 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig) -> TrainR
 
     if config.progress:
         tqdm.write(budget_line(config, len(data.train), epochs))
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, epochs + 1):
         try:
             train_loss, train_accuracy, made = train_epoch(model, data, optimizer, config,
                                                            device, epoch)
@@ -305,6 +332,12 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig) -> TrainR
         if best.raised or epoch == epochs or time.monotonic() - written_at >= SAVE_INTERVAL_S:
             best.save()
             write_history(best.epoch, steps)
+            if resume:
+                save_progress(out_dir, model=model, optimizer=optimizer, scheduler=scheduler,
+                              config=config, epoch=epoch, steps=steps, history=history,
+                              best={"epoch": best.epoch, "value": best.value,
+                                    "loss": best.loss},
+                              model_config=model.config)
             written_at = time.monotonic()
         if config.progress and (epoch % math.ceil(epochs / MAX_EPOCH_LINES) == 0
                                 or epoch == epochs):
@@ -312,9 +345,10 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig) -> TrainR
                 f"epoch {epoch}: train loss {train_loss:.4f} acc {train_accuracy:.3f} | "
                 f"val loss {val_loss:.4f} {headline} {val[headline]:.3f} | {steps} steps"
             )
+    (out_dir / LAST_NAME).unlink(missing_ok=True)  # finished: best.pt and metrics.json remain
     plot_curves(out_dir / "curves.png", history, task)
-    if task == "single" and best.scores is not None:
-        scores, labels = best.scores
+    if task == "single" and best.epoch > 0:
+        scores, labels = best.scores or best_epoch_scores(best.path, data, config, device)
         plot_confusion(
             out_dir / "confusion.png", confusion_matrix(scores, labels, len(classes)), classes
         )

@@ -88,13 +88,15 @@ def test_bad_option_value_is_a_usage_error() -> None:
 def test_cli_reproduce_has_help() -> None:
     result = cli("reproduce", "--help")
     assert result.returncode == 0 and "Usage:" in result.stdout
-    for option in ("--full", "--per-class-train", "--sizes", "--units", "--no-progress"):
+    for option in ("--quick", "--epochs", "--precision", "--jobs", "--sizes", "--units",
+                   "--no-progress"):
         assert option in result.stdout
 
 
 @pytest.mark.parametrize(("args", "expected"), [
     (["--sizes", "0,x"], "--sizes must be whole numbers, got '0,x'"),
     (["--epochs", "0"], "--epochs must be positive, got 0"),
+    (["--precision", "fp16"], "--precision must be one of fp32, bf16, got 'fp16'"),
 ])
 def test_cli_reproduce_refuses_a_bad_value_in_one_line(tmp_path: Path, args: list[str],
                                                       expected: str) -> None:

@@ -58,10 +58,6 @@ class DigitPool:
         """Indices into this pool of the images of each digit 0-9."""
         return [np.flatnonzero(self.labels == digit) for digit in range(10)]
 
-    def pixel_histogram(self) -> np.ndarray:
-        """Probability of each intensity 0-255 over all pixels: the Flash-MNIST noise law."""
-        counts = np.bincount(self.images.reshape(-1), minlength=256).astype(np.float64)
-        return counts / counts.sum()
 
 
 @dataclass(frozen=True)
@@ -71,6 +67,13 @@ class DigitPools:
     train: DigitPool
     test: DigitPool
     source: str  # "mnist" or "sklearn-digits"
+
+    def pixel_histogram(self) -> np.ndarray:
+        """Probability of each intensity 0-255 over every pixel of both pools: the Flash-MNIST
+        noise law (the authors' sampler counts MNIST's train and test images alike)."""
+        counts = sum(np.bincount(pool.images.reshape(-1), minlength=256).astype(np.float64)
+                     for pool in (self.train, self.test))
+        return counts / counts.sum()
 
 
 def read_idx(path: str | Path) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Flash-MNIST, the paper's synthetic study: 25-frame "videos" of noise with flashed digits.
 
-Each video is L = 25 frames of 28x28 noise drawn from the digit pool's own pixel histogram. Its
+Each video is L = 25 frames of 28x28 noise drawn from the digit pools' pixel histogram. Its
 label is a subset of the digits 0-9 (a 10-bit mask, 1024 classes used equally); every digit of
 the subset is pasted (pixel-wise max) onto 1 or 2 of the frames, then the frames are shuffled.
 A classifier must find the few digit frames among the noise, which is what attention is for.
@@ -102,6 +102,7 @@ def _write_split(
     group: zarr.Group,
     split: str,
     pool: DigitPool,
+    histogram: np.ndarray,
     per_class: int,
     seed: int,
     progress: bool,
@@ -127,7 +128,6 @@ def _write_split(
         )
         for name, (tail, dtype, dims) in per_video.items()
     }
-    histogram = pool.pixel_histogram()
     by_digit = pool.by_digit()
     masks = class_masks()
     starts = range(0, count, chunk)
@@ -190,28 +190,37 @@ def generate_flash_mnist(
                 "test": int(per_class_test) * CLASSES,
             },
             "noise_digit": NOISE,
+            "noise": "both-pools",  # pixel histogram of the train and test pools together
         }
     )
-    _write_split(group, "train", pools.train, int(per_class_train), seed, progress)
-    _write_split(group, "test", pools.test, int(per_class_test), seed, progress)
+    histogram = pools.pixel_histogram()
+    _write_split(group, "train", pools.train, histogram, int(per_class_train), seed, progress)
+    _write_split(group, "test", pools.test, histogram, int(per_class_test), seed, progress)
     return path
 
 
-def noisy_digit_batches(
-    pools: DigitPools, batch_size: int = 256, seed: int = 0, noise_fraction: float = 1 / 11
+def noisy_digit_epoch(
+    pools: DigitPools, split: str, digit_images: int, noise_images: int, batch_size: int,
+    seed: int,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Endless (images (B, 28, 28) uint8, labels (B,) int64) batches for pre-training the LeNet
-    that turns Flash-MNIST frames into features: a train-pool digit pasted on histogram noise
-    (label 0-9) or, with probability `noise_fraction`, a pure noise frame (label 10).
+    """One epoch of the LeNet pre-training set, in shuffled (images (B, 28, 28) uint8,
+    labels (B,) int64) batches: `digit_images` digits of the split's pool, each on fresh
+    histogram noise (label 0-9), and `noise_images` pure noise frames (label 10).
 
-    Only the train pool is used, so Flash-MNIST test videos hold digits the LeNet never saw."""
-    pool = pools.train
-    histogram = pool.pixel_histogram()
-    rng = np.random.default_rng([seed, 2])
-    while True:
-        images = sample_noise(rng, histogram, (batch_size, IMAGE_SIZE, IMAGE_SIZE))
-        picks = rng.integers(len(pool.labels), size=batch_size)
-        is_digit = rng.random(batch_size) >= noise_fraction
-        images[is_digit] = np.maximum(images[is_digit], pool.images[picks[is_digit]])
-        labels = np.where(is_digit, pool.labels[picks], NOISE_LABEL).astype(np.int64)
+    The authors' set (mnist_noisy.py) is every MNIST train digit 5 times plus 30,000 noise
+    frames (330,000 images; test: every t10k digit once plus 1,000). The pool's images are
+    used round-robin, so each appears digit_images / pool size times (+-1). Frames are drawn
+    batch by batch: the whole set would be 260 MB of pixels."""
+    pool = getattr(pools, split)
+    histogram = pools.pixel_histogram()
+    rng = np.random.default_rng([seed, 2, SPLIT_IDS[split]])
+    picks = np.resize(rng.permutation(len(pool.labels)), digit_images)
+    entries = rng.permutation(np.concatenate([picks, np.full(noise_images, -1)]))
+    for start in range(0, len(entries), batch_size):
+        chosen = entries[start : start + batch_size]
+        images = sample_noise(rng, histogram, (len(chosen), IMAGE_SIZE, IMAGE_SIZE))
+        is_digit = chosen >= 0
+        images[is_digit] = np.maximum(images[is_digit], pool.images[chosen[is_digit]])
+        labels = np.full(len(chosen), NOISE_LABEL, dtype=np.int64)
+        labels[is_digit] = pool.labels[chosen[is_digit]]
         yield images, labels

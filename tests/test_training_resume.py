@@ -1,0 +1,98 @@
+"""A killed training run continues from last.pt to the very weights of an uninterrupted one,
+and bf16 autocast trains as well as fp32 (on small synthetic stores, tests/fake_store.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import pipeline.train.loop as loop
+from extract.errors import UserError
+from pipeline.train.checkpoint import load_checkpoint
+from pipeline.train.config import TrainConfig
+from pipeline.train.loop import train
+from pipeline.train.resume import LAST_NAME
+from tests.fake_store import make_store
+
+
+def config(**overrides: object) -> TrainConfig:
+    values: dict = {"epochs": 5, "batch_size": 16, "clusters": {"rgb": 3, "audio": 2},
+                    "unit": "linear", "dropout": 0.2, "lr": 3e-3, "progress": False,
+                    "device": "cpu", "schedule": "step"}
+    values.update(overrides)
+    return TrainConfig.from_dict(values)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_store(tmp_path_factory.mktemp("stores") / "resume.zarr", n=160)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["state_dict"]
+
+
+def test_killed_run_resumes_to_the_uninterrupted_weights(
+        store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    straight = train(store, tmp_path / "straight", config(), resume=True)
+    assert not (straight.out_dir / LAST_NAME).exists()  # a finished run leaves no last.pt
+
+    monkeypatch.setattr(loop, "SAVE_INTERVAL_S", 0.0)  # save after every epoch
+    real_epoch = loop.train_epoch
+
+    def dies_in_epoch_4(*args, **kwargs):
+        if args[-1] == 4:
+            raise KeyboardInterrupt  # the process is stopped mid-run
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_epoch", dies_in_epoch_4)
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        train(store, out, config(), resume=True)
+    saved = load_checkpoint(out / LAST_NAME)
+    assert saved["epoch"] == 3 and len(saved["history"]) == 3
+
+    monkeypatch.setattr(loop, "train_epoch", real_epoch)
+    resumed = train(store, out, config(), resume=True)
+    assert resumed.history == straight.history  # dropout, batches and lr schedule continue
+    assert resumed.best_epoch == straight.best_epoch and resumed.steps == straight.steps
+    final, expected = weights(resumed.checkpoint), weights(straight.checkpoint)
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == straight.history
+    assert (out / "confusion.png").stat().st_size > 0  # drawn from best.pt after a resume
+    assert not (out / LAST_NAME).exists()
+
+
+def test_last_state_of_other_settings_is_refused(
+        store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop, "SAVE_INTERVAL_S", 0.0)
+    real_epoch = loop.train_epoch
+
+    def dies_in_epoch_2(*args, **kwargs):
+        if args[-1] == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_epoch", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(store, tmp_path, config(), resume=True)
+    monkeypatch.setattr(loop, "train_epoch", real_epoch)
+    with pytest.raises(UserError, match="other settings"):
+        train(store, tmp_path, config(lr=1e-2), resume=True)
+    # Without resume the folder's last.pt is neither read nor written.
+    fresh = train(store, tmp_path, config(lr=1e-2))
+    assert len(fresh.history) == 5
+
+
+def test_bf16_autocast_trains_like_fp32(store: Path, tmp_path: Path) -> None:
+    full = train(store, tmp_path / "fp32", config(epochs=6, schedule="none"))
+    half = train(store, tmp_path / "bf16", config(epochs=6, schedule="none", precision="bf16"))
+    assert half.best_metrics["top1"] > 0.75  # chance is 0.25
+    assert abs(half.best_metrics["top1"] - full.best_metrics["top1"]) <= 0.1
+    assert half.history != full.history  # it did run in lower precision
+    assert all(v.dtype == torch.float32 for v in weights(half.checkpoint).values())
+    with pytest.raises(UserError, match="precision must be one of fp32, bf16"):
+        config(precision="fp16")
