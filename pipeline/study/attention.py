@@ -29,7 +29,7 @@ BATCH = 1024  # test videos per forward pass
 def pick_attention_run(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The model whose attention the figure shows: the most accurate attention cluster of at
     most FIGURE_MAX_UNITS units (so one row per unit stays legible)."""
-    attentive = [r for r in results if r["unit"] != "avg"] or list(results)
+    attentive = [r for r in results if r["unit"] != "avg"]
     legible = [r for r in attentive if r["units"] <= FIGURE_MAX_UNITS] or attentive
     return max(legible, key=lambda r: (r["top1"], r["shifting"], -r["units"]))
 

@@ -43,7 +43,14 @@ from pipeline.study.attention import (
 )
 from pipeline.study.figure import FIGURE_NAME, draw_attention_figure, draw_curves
 from pipeline.study.flash_features import MODALITY, write_flash_features
-from pipeline.study.ledger import claim, current_results, finished, read_ledger, update_ledger
+from pipeline.study.ledger import (
+    claim,
+    current_results,
+    exclusive,
+    finished,
+    read_ledger,
+    update_ledger,
+)
 from pipeline.study.lenet import (
     LeNetConfig,
     load_lenet,
@@ -195,6 +202,7 @@ def grid_worker(settings: Settings, store: Path, fingerprint: str, threads: int 
             log(f"[{index}/{len(cells)}] {cell.name}: training {epochs} epochs")
             result = train_cell(settings, store, cell, keys[cell.name])
             ledger = update_ledger(settings.docs_dir, {}, result, keys)
+        refresh_docs(settings, keys, store)
         trained += 1
         done = len(current_results(ledger, keys))
         log(f"[{index}/{len(cells)}] {cell.name}: test top-1 last {100 * result['top1']:.1f}%"
@@ -224,26 +232,27 @@ def run_workers(settings: Settings, store: Path, fingerprint: str, jobs: int) ->
 
 def attention_analysis(settings: Settings, results: list[dict[str, Any]],
                        previous: dict[str, Any] | None, store: Path, dataset: Path,
-                       device: torch.device) -> tuple[dict[str, Any] | None, Path | None]:
+                       device: torch.device) -> dict[str, Any] | None:
     """Where the attention goes, for the best legible model trained here; the previous
     analysis is kept when its model is still the better one (checkpoints stay in runs/)."""
-    local = [r for r in results if (settings.runs_dir / r["name"] / "best.pt").exists()]
+    local = [r for r in results if r["unit"] != "avg"
+             and (settings.runs_dir / r["name"] / "best.pt").exists()]
     by_name = {r["name"]: r for r in results}
     kept = previous if previous and previous.get("run") in by_name else None
     if not local:
-        return kept, None
+        return kept
     chosen = pick_attention_run(local)
     if kept and (by_name[kept["run"]]["top1"] >= chosen["top1"] or kept["run"] == chosen["name"]):
-        return kept, None
+        return kept
     checkpoint = load_checkpoint(settings.runs_dir / chosen["name"] / "best.pt")
     trained = model_from_checkpoint(checkpoint, device)
     analysis = test_attention(trained, store, dataset, device)
     untrained = test_attention(untrained_like(trained, DATA_SEED), store, dataset, device)
-    figure = settings.docs_dir / "figures" / FIGURE_NAME
-    shown = draw_attention_figure(figure, dataset, analysis, chosen["name"])
+    shown = draw_attention_figure(settings.docs_dir / "figures" / FIGURE_NAME, dataset, analysis,
+                                  chosen["name"])
     return {"run": chosen["name"], "figure_videos": shown,
             **attention_mass(analysis["attention"], analysis["frame_digit"]),
-            "untrained": attention_mass(untrained["attention"], untrained["frame_digit"])}, figure
+            "untrained": attention_mass(untrained["attention"], untrained["frame_digit"])}
 
 
 def reproduce(settings: Settings, jobs: int = 1) -> dict[str, Any]:
@@ -276,14 +285,23 @@ def reproduce(settings: Settings, jobs: int = 1) -> dict[str, Any]:
     }
     update_ledger(settings.docs_dir, fields, None, keys)
     run_workers(settings, store, fingerprint, jobs)
-    ledger = read_ledger(settings.docs_dir)
-    results = current_results(ledger, keys)
-    attention, figure = attention_analysis(settings, results, ledger.get("attention"), store,
-                                           dataset, device)
-    curves = draw_curves(settings.docs_dir / "figures", results, settings.units)
-    report = update_ledger(settings.docs_dir, {"attention": attention}, None, keys)
-    markdown = write_report(settings, report)
-    log(f"{len(results)} of {len(cells)} configurations finished; wrote {markdown}, "
-        f"{settings.docs_dir / 'reproduction.json'}"
-        + "".join(f", {p}" for p in [figure, *curves] if p is not None))
+    report = refresh_docs(settings, keys, store)
+    log(f"{len(report['results'])} of {len(cells)} configurations finished; wrote "
+        f"{settings.docs_dir / 'reproduction.md'}, {settings.docs_dir / 'reproduction.json'} "
+        f"and the figures in {settings.docs_dir / 'figures'}")
+    return report
+
+
+def refresh_docs(settings: Settings, keys: dict[str, str], store: Path) -> dict[str, Any]:
+    """Figures, the attention analysis and docs/reproduction.md from the ledger as it stands
+    (after every finished configuration, so an unfinished grid's docs are always current)."""
+    with exclusive(settings.docs_dir / ".reproduction.md.lock", wait=True):
+        ledger = read_ledger(settings.docs_dir)
+        results = current_results(ledger, keys)
+        attention = attention_analysis(settings, results, ledger.get("attention"), store,
+                                       settings.data_dir / STORE_NAME,
+                                       resolve_device(settings.device))
+        draw_curves(settings.docs_dir / "figures", results, settings.units)
+        report = update_ledger(settings.docs_dir, {"attention": attention}, None, keys)
+        write_report(settings, report)
     return report
