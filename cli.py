@@ -296,7 +296,9 @@ def classify(videos: tuple[Path, ...], dataset: str, checkpoint: Path | None, to
               help="A small version of the whole chain (about a minute) into "
                    "runs/flash-mnist-quick/ instead of docs/.")
 @click.option("--epochs", type=int, help="Epochs per configuration [the authors' 100].")
-@click.option("--precision", help="Training forward pass: fp32 or bf16 [bf16].")
+@click.option("--precision",
+              help="Training forward pass: auto (bf16 where it was shown harmless), fp32 or "
+                   "bf16 [auto].")
 @click.option("--sizes", help="Comma-separated cluster sizes [1,2,4,...,128].")
 @click.option("--units", help="Comma-separated attention units [linear,mlp_shared].")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,

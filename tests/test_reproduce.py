@@ -38,7 +38,7 @@ from pipeline.study.settings import (
 
 TINY = Schedule("tiny", per_class_train=1, per_class_test=1, epochs=2, lr=1e-3, hidden=16,
                 lenet_digit_images=3000, lenet_noise_images=300, seeds=(0, 1),
-                all_seeds_up_to=2, precision="bf16")
+                all_seeds_up_to=2, precision="auto")
 NAMES = {"avg-n001-noshift-s0", "linear-n002-shift-s0", "linear-n002-noshift-s0",
          "avg-n001-noshift-s1", "linear-n002-shift-s1", "linear-n002-noshift-s1"}
 

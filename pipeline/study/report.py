@@ -19,7 +19,14 @@ import torch
 
 from pipeline.study.attention import FIGURE_MAX_UNITS
 from pipeline.study.figure import CURVES_NAME, FIGURE_NAME
-from pipeline.study.settings import BATCH_SIZE, DROPOUT, PUBLIC, UNIT_LABELS, Settings
+from pipeline.study.settings import (
+    BATCH_SIZE,
+    BF16_UNITS,
+    DROPOUT,
+    PUBLIC,
+    UNIT_LABELS,
+    Settings,
+)
 
 PRECISION_CHECK = "reproduction-precision.json"  # bench/flash_precision.py --write-docs
 PENDING = "·"
@@ -158,6 +165,16 @@ def precision_text(docs_dir: Path) -> str:
             f"{check['videos_per_class']} training videos per class: {rows}")
 
 
+def precision_line(precision: str, units: Sequence[str]) -> str:
+    """Which configurations trained their forward pass under bf16 autocast."""
+    if precision != "auto":
+        return f"every configuration's training forward pass in {precision}"
+    half = [UNIT_LABELS[u] for u in ("avg", *units) if u in BF16_UNITS]
+    full = [UNIT_LABELS[u] for u in units if u not in BF16_UNITS]
+    return (f"the training forward pass under bf16 autocast for {', '.join(half) or 'none'}, "
+            f"in fp32 for {', '.join(full) or 'none'}")
+
+
 def timing_text(results: Sequence[dict[str, Any]]) -> str:
     hours = sum(r["seconds"] for r in results) / 3600
     machines = sorted({r["machine"] for r in results})
@@ -207,8 +224,8 @@ def write_report(settings: Settings, report: dict[str, Any]) -> Path:
         + f"; test accuracy after every epoch. Seeds {', '.join(map(str, schedule['seeds']))} "
         f"for N <= {schedule['all_seeds_up_to']} and average pooling (mean ± standard "
         "deviation), seed 0 elsewhere.",
-        f"- Precision: the training forward pass under bf16 autocast (weights, Adam and the "
-        f"test evaluation in fp32): {precision_text(settings.docs_dir)}.",
+        f"- Precision: {precision_line(schedule['precision'], report['units'])} (weights, Adam "
+        f"and the test evaluation always fp32); {precision_text(settings.docs_dir)}.",
         f"- Time: {timing_text(results)}.",
         "",
         "## Test top-1 (%) after the last epoch",

@@ -67,6 +67,7 @@ from pipeline.study.settings import (
     GridConfig,
     Settings,
     grid,
+    unit_precision,
 )
 from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.train.config import TrainConfig
@@ -151,7 +152,8 @@ def train_config(settings: Settings, cell: GridConfig) -> TrainConfig:
         "batch_size": BATCH_SIZE, "lr": schedule.lr, "hidden": schedule.hidden,
         "clusters": {MODALITY: cell.units}, "unit": cell.unit, "shifting": cell.shifting,
         "dropout": DROPOUT, "head": "linear", "seed": cell.seed, "device": settings.device,
-        "streaming": "off", "precision": schedule.precision, "progress": settings.progress,
+        "streaming": "off", "precision": unit_precision(schedule, cell.unit),
+        "progress": settings.progress,
     })
 
 
