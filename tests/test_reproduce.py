@@ -30,23 +30,20 @@ from pipeline.study.settings import (
     AUTHORS,
     QUICK,
     QUICK_SIZES,
-    Schedule,
     Settings,
     grid,
     settings_from_options,
 )
 
-TINY = Schedule("tiny", per_class_train=1, per_class_test=1, epochs=2, lr=1e-3, hidden=16,
-                lenet_digit_images=3000, lenet_noise_images=300, seeds=(0, 1),
-                all_seeds_up_to=2, precision="auto")
 NAMES = {"avg-n001-noshift-s0", "linear-n002-shift-s0", "linear-n002-noshift-s0",
          "avg-n001-noshift-s1", "linear-n002-shift-s1", "linear-n002-noshift-s1"}
 
 
 def tiny_settings(root: Path) -> Settings:
-    return Settings(schedule=TINY, sizes=(2,), units=("linear",), device="cpu",
-                    data_dir=root / "data", runs_dir=root / "runs", docs_dir=root / "docs",
-                    progress=False)
+    """`reproduce --quick`'s schedule, on the linear units at N = 2 only."""
+    return settings_from_options(quick=True, sizes="2", units="linear", device="cpu",
+                                 data_dir=root / "data", runs_dir=root / "runs",
+                                 docs_dir=root / "docs", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +58,7 @@ def test_the_authors_lenet_tells_digits_from_noise(tiny_run: tuple[Settings, dic
     assert report["lenet"]["test_accuracy"] > 4 / 11  # chance is 1/11
     reloaded = load_lenet(settings.docs_dir / LENET_NAME)  # kept beside the docs
     assert reloaded is not None and reloaded.test_accuracy == report["lenet"]["test_accuracy"]
-    assert reloaded.config.digit_images == TINY.lenet_digit_images
+    assert reloaded.config.digit_images == QUICK.lenet_digit_images
     features = reloaded.model.features(torch.zeros(3, 28, 28, dtype=torch.uint8))
     assert features.shape == (3, 50)  # log-probabilities over the 50 values, as the authors
     torch.testing.assert_close(features.exp().sum(1), torch.ones(3))
@@ -93,7 +90,7 @@ def test_every_configuration_is_in_the_ledger_once(tiny_run: tuple[Settings, dic
     assert sorted(names) == sorted(NAMES) and report["configurations"] == len(NAMES)
     for entry in ledger["results"]:
         curve = entry["val_top1_per_epoch"]
-        assert entry["epochs"] == len(curve) == TINY.epochs
+        assert entry["epochs"] == len(curve) == QUICK.epochs
         assert entry["top1"] == curve[-1] and entry["best_top1"] == max(curve)
         assert curve[entry["best_epoch"] - 1] == entry["best_top1"]
         assert entry["seed"] == int(entry["name"][-1]) and len(entry["key"]) == 16
@@ -101,7 +98,7 @@ def test_every_configuration_is_in_the_ledger_once(tiny_run: tuple[Settings, dic
         assert [e["val"]["top1"] for e in metrics["epochs"]] == curve
     seeds = {r["name"]: r for r in ledger["results"]}
     assert seeds["linear-n002-shift-s0"]["key"] != seeds["linear-n002-shift-s1"]["key"]
-    assert ledger["schedule"]["epochs"] == TINY.epochs and ledger["lenet"]["parameters"] == 21_891
+    assert ledger["schedule"]["epochs"] == QUICK.epochs and ledger["lenet"]["parameters"] == 21_891
 
 
 def test_docs_and_figures_are_written(tiny_run: tuple[Settings, dict]) -> None:
@@ -142,7 +139,7 @@ def test_a_new_machine_continues_from_the_ledger_alone(tiny_run: tuple[Settings,
 def test_a_configuration_claimed_by_another_process_is_left_to_it(
         tiny_run: tuple[Settings, dict], tmp_path: Path) -> None:
     settings, _ = tiny_run
-    other_seed = dataclasses.replace(settings, schedule=dataclasses.replace(TINY, seeds=(5,)),
+    other_seed = dataclasses.replace(settings, schedule=dataclasses.replace(QUICK, seeds=(5,)),
                                      runs_dir=tmp_path / "runs", docs_dir=tmp_path / "docs")
     shutil.copytree(settings.docs_dir, other_seed.docs_dir)
     store = settings.data_dir / "features.zarr"

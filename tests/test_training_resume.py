@@ -14,7 +14,7 @@ from extract.errors import UserError
 from pipeline.train.checkpoint import load_checkpoint
 from pipeline.train.config import TrainConfig
 from pipeline.train.loop import train
-from pipeline.train.resume import LAST_NAME
+from pipeline.train.resume import LAST_NAME, discard_other_progress
 from tests.fake_store import make_store
 
 
@@ -84,7 +84,10 @@ def test_last_state_of_other_settings_is_refused(
         train(store, tmp_path, config(lr=1e-2), resume=True)
     # Without resume the folder's last.pt is neither read nor written.
     fresh = train(store, tmp_path, config(lr=1e-2))
-    assert len(fresh.history) == 5
+    assert len(fresh.history) == 5 and (tmp_path / LAST_NAME).exists()
+    assert not discard_other_progress(tmp_path, config())  # the same settings: kept
+    assert discard_other_progress(tmp_path, config(lr=1e-2))  # other settings: deleted
+    assert not (tmp_path / LAST_NAME).exists()
 
 
 def test_bf16_autocast_trains_like_fp32(store: Path, tmp_path: Path) -> None:

@@ -345,7 +345,8 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig,
                 f"epoch {epoch}: train loss {train_loss:.4f} acc {train_accuracy:.3f} | "
                 f"val loss {val_loss:.4f} {headline} {val[headline]:.3f} | {steps} steps"
             )
-    (out_dir / LAST_NAME).unlink(missing_ok=True)  # finished: best.pt and metrics.json remain
+    if resume:  # finished: best.pt and metrics.json remain
+        (out_dir / LAST_NAME).unlink(missing_ok=True)
     plot_curves(out_dir / "curves.png", history, task)
     if task == "single" and best.epoch > 0:
         scores, labels = best.scores or best_epoch_scores(best.path, data, config, device)

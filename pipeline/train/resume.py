@@ -65,6 +65,21 @@ def save_progress(out_dir: Path, *, model: torch.nn.Module, optimizer: torch.opt
     })
 
 
+def discard_other_progress(out_dir: Path, config: TrainConfig) -> bool:
+    """Delete a last.pt written with other settings (True when one was deleted): for callers
+    that own the folder and would rather start over than stop, such as the study's grid."""
+    path = out_dir / LAST_NAME
+    if not path.exists():
+        return False
+    try:
+        same = load_checkpoint(path).get("settings") == resumable_settings(config)
+    except UserError:  # unreadable: as good as absent
+        same = False
+    if not same:
+        path.unlink()
+    return not same
+
+
 def load_progress(out_dir: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                   scheduler: torch.optim.lr_scheduler.LRScheduler | None,
                   config: TrainConfig) -> SavedProgress | None:
