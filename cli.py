@@ -16,9 +16,23 @@ import click
 from extract.errors import UserError
 from pipeline.atomic import json_text
 from pipeline.datasets.obtain import GENERATED
+from pipeline.remote.urls import Location, as_location
 
 DATASET = os.environ.get("DATASET", "toy")
 MANIFEST_KINDS = ("ucf101", "hmdb51", "kinetics400", "folder")
+
+
+class PathOrUrl(click.ParamType):
+    """A local path (a `Path`) or an fsspec URL such as s3://bucket/name.zarr (kept as text:
+    `Path` would fold `s3://` into `s3:/`)."""
+
+    name = "path or URL"
+
+    def convert(self, value: object, param: object, ctx: object) -> Location:
+        return value if isinstance(value, Path) else as_location(str(value))
+
+
+PATH_OR_URL = PathOrUrl()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -82,20 +96,23 @@ def data_validate(kind: str, root: Path, splits: Path | None) -> None:
         sys.exit(1)
 
 
-def _dataset_paths(dataset: str, root: Path | None, out: Path | None) -> tuple[Path, Path]:
+def _dataset_paths(dataset: str, root: Location | None, out: Location | None
+                   ) -> tuple[Location, Location]:
     return root or Path("data") / dataset, out or Path("features") / f"{dataset}.zarr"
 
 
 @main.command()
 @click.argument("dataset", default=DATASET)
-@click.option("--root", type=click.Path(path_type=Path), help="Dataset folder [data/DATASET].")
+@click.option("--root", type=PATH_OR_URL,
+              help="Dataset folder or URL (s3://bucket/ucf101) [data/DATASET].")
 @click.option("--config", "config", help="Profile name or YAML path [configs/DATASET.yaml, "
               "else configs/default.yaml].")
 @click.option("--kind", type=click.Choice(MANIFEST_KINDS),
               help="Dataset layout [the profile's dataset.kind].")
 @click.option("--splits", type=click.Path(path_type=Path),
               help="Folder of the official split files, when not inside the root.")
-@click.option("--out", type=click.Path(path_type=Path), help="Store [features/DATASET.zarr].")
+@click.option("--out", type=PATH_OR_URL,
+              help="Store, a path or URL (s3://bucket/x.zarr) [features/DATASET.zarr].")
 @click.option("--workers", type=click.IntRange(min=1), help="Local Dask workers [one per core].")
 @click.option("--scheduler", help="Address of an existing Dask scheduler (tcp://host:8786).")
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto",
@@ -108,10 +125,18 @@ def _dataset_paths(dataset: str, root: Path | None, out: Path | None) -> tuple[P
 @click.option("--flush-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Write finished videos to the store at least this often.")
 @click.option("--json", "as_json", is_flag=True, help="Print the store summary as JSON.")
-def features(dataset: str, root: Path | None, config: str | None, kind: str | None,
-             splits: Path | None, out: Path | None, workers: int | None, scheduler: str | None,
+@click.option("--cooperate", is_flag=True, help="Fill the store together with other "
+              "`features --cooperate` runs (other machines), rows claimed with leases.")
+@click.option("--lease-seconds", type=click.FloatRange(min=3), default=60.0, show_default=True,
+              help="How long the lock or a lease of a dead run blocks others (object storage "
+                   "and --cooperate).")
+@click.option("--lease-rows", type=click.IntRange(min=1),
+              help="Rows per lease with --cooperate (a power of two) [a shard's rows].")
+def features(dataset: str, root: Location | None, config: str | None, kind: str | None,
+             splits: Path | None, out: Location | None, workers: int | None, scheduler: str | None,
              device: str, limit: int | None, overwrite: bool, strict: bool,
-             flush_seconds: float, as_json: bool, repair: bool = False) -> None:
+             flush_seconds: float, as_json: bool, repair: bool = False, cooperate: bool = False,
+             lease_seconds: float = 60.0, lease_rows: int | None = None) -> None:
     """Extract RGB, flow and audio features of every video of DATASET into a Zarr store.
 
     Rerunning the same command resumes: finished videos are not recomputed.
@@ -125,7 +150,7 @@ def features(dataset: str, root: Path | None, config: str | None, kind: str | No
         kind=kind, root=root, profile=config, out=out,
         dataset=dataset, splits_dir=splits, workers=workers, scheduler=scheduler,
         device=device, limit=limit, overwrite=overwrite, flush_seconds=flush_seconds,
-        repair=repair,
+        repair=repair, cooperate=cooperate, lease_s=lease_seconds, lease_rows=lease_rows,
     )
     if result.run.interrupted:  # one line: the rows handed back so far are flushed
         written, listed = result.written()
@@ -140,6 +165,10 @@ def features(dataset: str, root: Path | None, config: str | None, kind: str | No
     click.echo(format_run_summary(result.run), err=as_json)
     if result.skipped_missing:
         click.echo(f"note: {result.skipped_missing} listed videos are missing on disk",
+                   err=True)
+    if result.left_to_others:
+        click.echo(f"note: {result.left_to_others} rows computed here were left to the run "
+                   f"that took their block over (this run was stalled past its lease)",
                    err=True)
     if result.skipped_unsafe:
         click.echo(f"note: {result.skipped_unsafe} list entries lead outside {root} and were "
@@ -156,7 +185,7 @@ def features(dataset: str, root: Path | None, config: str | None, kind: str | No
         sys.exit(1)
 
 
-def _no_features(summary: dict, out: Path) -> str:
+def _no_features(summary: dict, out: Location) -> str:
     """Why a run that computed nothing usable is not a success, with the counts."""
     counts = "; ".join(
         f"{name}: " + ", ".join(f"{n} {label}" for label, n in info["counts"].items() if n)
@@ -173,11 +202,11 @@ def store() -> None:
 
 
 @store.command("info")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=PATH_OR_URL)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--verify", is_flag=True, help="Read every chunk: report the damaged rows per "
               "modality, exit 1 if any.")
-def store_info(path: Path, as_json: bool, verify: bool = False) -> None:
+def store_info(path: Location, as_json: bool, verify: bool = False) -> None:
     """Counts per modality and status, failures with their errors, the extraction config."""
     from pipeline.store.summary import format_summary, read_summary
 
@@ -192,14 +221,14 @@ def store_info(path: Path, as_json: bool, verify: bool = False) -> None:
     click.echo(json_text(summary) if as_json else format_summary(summary))
 
 
-def _store_for(dataset: str, store_path: Path | None) -> Path:
+def _store_for(dataset: str, store_path: Location | None) -> Location:
     return store_path or Path("features") / f"{dataset}.zarr"
 
 
 @main.command()
 @click.option("--dataset", default=DATASET, show_default=True, help="Dataset name.")
-@click.option("--features", "store_path", type=click.Path(path_type=Path),
-              help="Feature store [features/DATASET.zarr].")
+@click.option("--features", "store_path", type=PATH_OR_URL,
+              help="Feature store, a path or URL [features/DATASET.zarr].")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Run folder [runs/DATASET/<timestamp>].")
 @click.option("--split", default="1", show_default=True,
@@ -213,7 +242,7 @@ def _store_for(dataset: str, store_path: Path | None) -> Path:
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto",
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def train(dataset: str, store_path: Path | None, out: Path | None, split: str,
+def train(dataset: str, store_path: Location | None, out: Path | None, split: str,
           epochs: int | None, batch_size: int | None, lr: float | None,
           modalities: str | None, seed: int | None, config: str | None, device: str,
           as_json: bool) -> None:
@@ -244,15 +273,15 @@ def train(dataset: str, store_path: Path | None, out: Path | None, split: str,
 @click.option("--dataset", default=DATASET, show_default=True, help="Dataset name.")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
               help="Checkpoint [the newest under runs/DATASET].")
-@click.option("--features", "store_path", type=click.Path(path_type=Path),
-              help="Feature store [features/DATASET.zarr].")
+@click.option("--features", "store_path", type=PATH_OR_URL,
+              help="Feature store, a path or URL [features/DATASET.zarr].")
 @click.option("--split", help="Split to test on [the checkpoint's]; 'all' averages the "
               "newest checkpoint of each split.")
 @click.option("--per-class", type=click.Path(path_type=Path), help="Write per-class CSV here.")
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto",
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(dataset: str, checkpoint: Path | None, store_path: Path | None, split: str | None,
+def evaluate(dataset: str, checkpoint: Path | None, store_path: Location | None, split: str | None,
              per_class: Path | None, device: str, as_json: bool) -> None:
     """Test metrics of a checkpoint: top-1/top-5/mean class accuracy, or mAP/GAP/Hit@1/PERR."""
     from pipeline.train.splits import evaluate_dataset

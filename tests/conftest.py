@@ -113,3 +113,6 @@ def inprocess_scheduler() -> Iterator[str]:
     with LocalCluster(processes=False, n_workers=1, threads_per_worker=2,
                       dashboard_address=":0", silence_logs=logging.ERROR) as cluster:
         yield cluster.scheduler_address
+
+
+from tests.s3_server import s3_bucket, s3_endpoint  # noqa: E402,F401  (fixtures)

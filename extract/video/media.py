@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import av
 from av.container import InputContainer
@@ -96,19 +96,38 @@ def unusable(streams: Sequence[Stream]) -> str:
     return ", ".join(sorted(kinds))
 
 
+def _file_size(file: BinaryIO) -> int:
+    """The size of an open binary file, which is then read again from its start."""
+    size = file.seek(0, 2)
+    file.seek(0)
+    return size
+
+
 @contextmanager
-def open_media(path: str | Path) -> Iterator[InputContainer]:
-    """Yield an open input container; close it however the caller leaves."""
+def open_media(path: str | Path | BinaryIO) -> Iterator[InputContainer]:
+    """Yield an open input container; close it however the caller leaves.
+
+    `path` may also be an open, seekable binary file (whoever opened it names it in its
+    `str()`): a video on object storage is read that way, and each call starts at its start.
+    """
     name = str(path)
-    file = Path(path)
-    if not file.exists():
-        raise DecodeError(f"{name}: no such file")
-    if file.is_dir():
-        raise DecodeError(f"{name}: is a directory, not a video file")
-    if file.stat().st_size == 0:
+    if hasattr(path, "read"):
+        source: str | BinaryIO = path  # type: ignore[assignment]
+        try:
+            empty = _file_size(path) == 0  # type: ignore[arg-type]
+        except DECODE_FAILURES as error:
+            raise DecodeError(f"{name}: cannot be read ({reason_of(error)})") from error
+    else:
+        file = Path(path)  # type: ignore[arg-type]
+        if not file.exists():
+            raise DecodeError(f"{name}: no such file")
+        if file.is_dir():
+            raise DecodeError(f"{name}: is a directory, not a video file")
+        source, empty = name, file.stat().st_size == 0
+    if empty:
         raise DecodeError(f"{name}: empty file (0 bytes)")
     try:
-        container = av.open(name, mode="r", metadata_errors="ignore")
+        container = av.open(source, mode="r", metadata_errors="ignore")
     except DECODE_FAILURES as error:
         raise DecodeError(f"{name}: not a readable media file ({reason_of(error)})") from error
     try:

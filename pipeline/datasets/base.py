@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Literal
 
 from extract.errors import UserError
+from pipeline.remote.paths import RemotePath
+from pipeline.remote.urls import remote_errors
 from pipeline.store.format import Split
 
 VIDEO_EXTENSIONS = frozenset(
@@ -80,7 +82,7 @@ class Manifest:
     """
 
     dataset: str
-    root: Path
+    root: Path | RemotePath  # a folder, or a prefix on object storage (--root s3://...)
     classes: list[str]
     task: Literal["single", "multi"]
     split_names: list[str]
@@ -88,7 +90,7 @@ class Manifest:
     problems: ValidationReport = field(default_factory=ValidationReport)
     missing_files_allowed: bool = False
 
-    def path(self, entry: VideoEntry) -> Path:
+    def path(self, entry: VideoEntry) -> Path | RemotePath:
         return self.root / entry.id
 
     def count_by_split(self) -> dict[str, dict[str, int]]:
@@ -109,8 +111,9 @@ class Manifest:
         error: one entry that changed since the listing must not stop the others."""
         present = []
         for entry in self.videos:
+            path = self.path(entry)
             try:
-                info = os.stat(self.path(entry))
+                info = path.stat() if isinstance(path, RemotePath) else os.stat(path)
             except OSError:
                 continue
             if stat.S_ISREG(info.st_mode):
@@ -118,8 +121,14 @@ class Manifest:
         return present
 
 
-def require_root(root: Path, dataset: str) -> Path:
-    """The dataset root as an absolute path, or a UserError naming it."""
+def require_root(root: Path | RemotePath, dataset: str) -> Path | RemotePath:
+    """The dataset root as an absolute path, or a UserError naming it. A root on object
+    storage that cannot be reached (no bucket, no credentials) is one line too."""
+    if isinstance(root, RemotePath):
+        with remote_errors(UserError, f"read the {dataset} root", root):
+            if not root.is_dir():
+                raise UserError(f"{dataset} root not found: {root} (give --root URL)")
+        return root
     root = Path(root).expanduser()
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "not found"

@@ -19,6 +19,7 @@ from pipeline.datasets.base import (
     is_utf8,
     printable,
 )
+from pipeline.remote.paths import RemotePath
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,9 @@ class DiskIndex:
     `problem`, which `reason` and `problems` report, and its siblings are listed as usual.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path | RemotePath) -> None:
         self.root = root
-        self._real_root = os.path.realpath(root)
+        self._real_root = str(root) if isinstance(root, RemotePath) else os.path.realpath(root)
         self._listings: dict[str, dict[str, _Item]] = {}
         self._unlisted: dict[str, str] = {}  # folder -> why it could not be listed
 
@@ -93,6 +94,10 @@ class DiskIndex:
         if rel_dir not in self._listings:
             items: dict[str, _Item] = {}
             self._listings[rel_dir] = items
+            if isinstance(self.root, RemotePath):  # object storage: no links, FIFOs, devices
+                items.update((name, _Item(not is_dir, is_dir, False))
+                             for name, is_dir, _ in (self.root / rel_dir).listing())
+                return items
             try:
                 with os.scandir(self.root / rel_dir) as entries:
                     for entry in entries:

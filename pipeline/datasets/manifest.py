@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from extract.errors import UserError
 from pipeline.datasets.base import VIDEO_EXTENSIONS, Manifest, Problem, ValidationReport, VideoEntry
@@ -17,6 +18,8 @@ from pipeline.datasets.folder import load_folder
 from pipeline.datasets.hmdb51 import load_hmdb51
 from pipeline.datasets.kinetics import load_kinetics400
 from pipeline.datasets.ucf101 import load_ucf101
+from pipeline.remote.paths import RemotePath
+from pipeline.remote.urls import is_url
 
 __all__ = [
     "ADAPTERS",
@@ -48,7 +51,12 @@ def load_manifest(kind: str, root: Path | str, splits_dir: Path | str | None = N
     adapter = ADAPTERS.get(kind)
     if adapter is None:
         raise UserError(f"unknown dataset kind {kind!r}: choose one of {', '.join(ADAPTERS)}")
-    return adapter(Path(root), Path(splits_dir) if splits_dir is not None else None)
+    return adapter(_place(root), _place(splits_dir) if splits_dir is not None else None)
+
+
+def _place(location: Path | str) -> Any:
+    """A folder as a `Path`, a URL (s3://bucket/ucf101) as a `RemotePath`."""
+    return RemotePath(str(location)) if is_url(location) else Path(location)
 
 
 def is_valid(manifest: Manifest) -> bool:

@@ -12,7 +12,7 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -146,15 +146,17 @@ class VideoFeatureExtractor:
     def dim(self, name: str) -> int:
         return int(self.backbones[name].dim)
 
-    def extract(self, path: str | Path, modalities: Iterable[str] | None = None
+    def extract(self, path: str | Path | BinaryIO, modalities: Iterable[str] | None = None
                 ) -> dict[str, dict[str, Any]]:
         """{modality: {status, features (l, D) float16, mask (l,), time (l,), error}}; rgb and
-        flow add `stream`, the index of the video stream decoded (see choose_stream)."""
+        flow add `stream`, the index of the video stream decoded (see choose_stream). `path`
+        may be an open binary file (a video on object storage, opened by the caller)."""
         results = {}
         with extraction_threads():
             for name in modalities or self.settings:
                 try:
-                    results[name] = getattr(self, f"_{name}")(Path(path))
+                    results[name] = getattr(self, f"_{name}")(
+                        path if hasattr(path, "read") else Path(path))
                 except UserError as exc:
                     results[name] = {"status": Status.FAILED, "error": str(exc)}
                 except Exception as exc:  # one odd video must not stop a run of thousands

@@ -9,7 +9,7 @@ matched to videos by id, with each file's size and mtime to notice a replaced fi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from extract.errors import UserError
 from pipeline.datasets.manifest import Manifest, load_manifest
+from pipeline.features.cooperate import block_rows, fill_together
 from pipeline.features.dask_runner import (
     RunSummary,
     config_key,
@@ -26,11 +27,22 @@ from pipeline.features.dask_runner import (
 )
 from pipeline.features.extractor import VideoFeatureExtractor, pick_evenly
 from pipeline.profiles import default_profile_for, load_profile
+from pipeline.remote.leases import Leases
+from pipeline.remote.object_lock import LEASE_SECONDS
+from pipeline.remote.urls import Location, as_location, is_url
+from pipeline.remote.videos import UnreadableVideo, open_video
 from pipeline.store.create import create_store
-from pipeline.store.feature_store import FeatureStore
-from pipeline.store.format import ModalitySpec, Status
-from pipeline.store.lock import store_lock
-from pipeline.store.resume import Relisting
+from pipeline.store.feature_store import FeatureStore, open_store
+from pipeline.store.format import ModalitySpec, Status, StoreError
+from pipeline.store.lock import (
+    check_still_held,
+    cooperating,
+    holder_alive,
+    refuse_while_cooperating,
+    store_lock,
+    waiting_store_lock,
+)
+from pipeline.store.resume import Relisting, check_resumable
 from pipeline.store.verify import DamageReport
 
 
@@ -45,6 +57,7 @@ class FeaturesRun:
     relisting: Relisting | None = None  # rows kept, added, vanished, reset: None if new store
     skipped_unreadable: int = 0  # entries that cannot be read (a symlink loop, a FIFO, non-UTF-8)
     damage: DamageReport | None = None  # damaged rows found, marked pending and recomputed
+    left_to_others: int = 0  # --cooperate: rows computed here whose block another run took over
 
     def written(self) -> tuple[int, int]:
         """(listed videos with every modality in the store: done, absent or failed; listed)."""
@@ -73,7 +86,15 @@ def extract_row(payload: Mapping[str, Any]) -> dict[str, Any]:
         lambda: VideoFeatureExtractor(settings["modalities"], settings["limits"],
                                       settings["device"]),
     )
-    return extractor.extract(payload["path"], payload["modalities"])
+    path = payload["path"]
+    if not is_url(path):
+        return extractor.extract(path, payload["modalities"])
+    try:
+        with open_video(path) as video:  # on object storage: one file object per video
+            return extractor.extract(video, payload["modalities"])
+    except UnreadableVideo as exc:
+        return {name: {"status": Status.FAILED, "error": str(exc)}
+                for name in payload["modalities"]}
 
 
 def select_videos(manifest: Manifest, limit: int | None
@@ -90,12 +111,16 @@ def select_videos(manifest: Manifest, limit: int | None
     return [video for video, _ in present], files, missing
 
 
-def open_or_create_store(out: Path, manifest: Manifest, videos: list[Any], files: np.ndarray,
+def _specs(extractor: VideoFeatureExtractor) -> dict[str, ModalitySpec]:
+    return {name: ModalitySpec(int(settings["positions"]), extractor.dim(name),
+                               extractor.config(name))
+            for name, settings in extractor.settings.items()}
+
+
+def open_or_create_store(out: Location, manifest: Manifest, videos: list[Any], files: np.ndarray,
                          extractor: VideoFeatureExtractor, overwrite: bool, repair: bool,
                          progress: bool) -> FeatureStore:
-    specs = {name: ModalitySpec(int(settings["positions"]), extractor.dim(name),
-                                extractor.config(name))
-             for name, settings in extractor.settings.items()}
+    specs = _specs(extractor)
     if manifest.task == "single":
         labels: Any = np.array([v.label for v in videos], dtype=np.int32)
     else:
@@ -113,11 +138,13 @@ def open_or_create_store(out: Path, manifest: Manifest, videos: list[Any], files
 
 
 def run_features(
-    *, root: Path, out: Path, dataset: str, profile: Mapping[str, Any] | str | Path | None = None,
+    *, root: Location, out: Location, dataset: str,
+    profile: Mapping[str, Any] | str | Path | None = None,
     kind: str | None = None,
     splits_dir: Path | None = None, workers: int | None = None, scheduler: str | None = None,
     device: str = "auto", limit: int | None = None, overwrite: bool = False,
     progress: bool = True, flush_seconds: float = 30.0, repair: bool = False,
+    cooperate: bool = False, lease_s: float = LEASE_SECONDS, lease_rows: int | None = None,
 ) -> FeaturesRun:
     """Extract the features of every video of a dataset into `out`, resuming where it stopped.
 
@@ -125,33 +152,111 @@ def run_features(
     (configs/<dataset>.yaml, else the default); `kind` defaults to the profile's dataset.kind.
     Before resuming, the store is checked for damage (chunk keys; every chunk's checksum with
     `repair`) and the damaged rows are marked pending, so they are recomputed with the rest.
+    With `cooperate`, other runs may fill the same store at the same time (blocks of
+    `lease_rows` rows claimed with leases of `lease_s` seconds: pipeline/features/cooperate.py).
     """
-    with store_lock(out):  # one run per store, refused before any work
-        if not isinstance(profile, Mapping):
-            profile = load_profile(profile or default_profile_for(dataset))
-        manifest = load_manifest(kind or profile["dataset"]["kind"], root, splits_dir)
-        manifest.dataset = dataset
-        videos, files, missing = select_videos(manifest, limit)
-        settings = {"modalities": profile["modalities"], "limits": profile["limits"],
-                    "device": device}
-        # Built here too: it checks weights are available before any worker starts, and gives
-        # the feature widths and full configs the store records.
-        probe = VideoFeatureExtractor(settings["modalities"], settings["limits"], device)
-        store = open_or_create_store(out, manifest, videos, files, probe, overwrite, repair,
-                                     progress)
-        del probe
+    out = as_location(out)
+    if cooperate and (overwrite or repair):
+        raise UserError("--cooperate joins other runs on the store as it is: run --overwrite or "
+                        "--repair alone first")
+    if cooperate:
+        return _run_cooperating(
+            root=root, out=out, dataset=dataset, profile=profile, kind=kind,
+            splits_dir=splits_dir, workers=workers, scheduler=scheduler, device=device,
+            limit=limit, progress=progress, flush_seconds=flush_seconds, lease_s=lease_s,
+            lease_rows=lease_rows)
+    with store_lock(out, lease_s=lease_s):  # one run per store, refused before any work
+        refuse_while_cooperating(out)
+        setup = _prepare(root, dataset, profile, kind, splits_dir, device, limit)
+        store = open_or_create_store(out, setup.manifest, setup.videos, setup.files,
+                                     setup.probe, overwrite, repair, progress)
+        setup.probe = None  # its models are not needed in this process any more
+        store.fence = lambda: check_still_held(out)
         todo = store.todo_rows(overwrite=overwrite)
-        items = [
-            (int(row), {"path": str(manifest.root / store.ids[row]), "extractor": settings,
-                        "modalities": store.todo_modalities(int(row), overwrite)})
-            for row in todo
-        ]
+        items = [(int(row), setup.payload(store, int(row), overwrite)) for row in todo]
         with store.writer(expected_rows=todo, flush_seconds=flush_seconds) as writer:
             summary = run_tasks(items, extract_row, on_result=writer.add, scheduler=scheduler,
                                 workers=workers, progress=progress, description="videos",
                                 outcome=video_outcome)
-        return FeaturesRun(store=store, run=summary, skipped_missing=missing,
-                           skipped_unsafe=len(manifest.problems.unsafe),
-                           skipped_unreadable=len(manifest.problems.unreadable),
-                           relisting=store.relisting,
-                           damage=store.repaired)
+        return setup.result(store, summary)
+
+
+@dataclass
+class _Setup:
+    """What a run knows before it touches the store: the videos and the extraction."""
+
+    manifest: Manifest
+    videos: list[Any]
+    files: np.ndarray
+    missing: int
+    settings: dict[str, Any]
+    probe: VideoFeatureExtractor | None
+    specs: dict[str, ModalitySpec]
+
+    def payload(self, store: FeatureStore, row: int, overwrite: bool = False) -> dict[str, Any]:
+        return {"path": str(self.manifest.root / store.ids[row]), "extractor": self.settings,
+                "modalities": store.todo_modalities(row, overwrite)}
+
+    def result(self, store: FeatureStore, summary: RunSummary) -> FeaturesRun:
+        return FeaturesRun(store=store, run=summary, skipped_missing=self.missing,
+                           skipped_unsafe=len(self.manifest.problems.unsafe),
+                           skipped_unreadable=len(self.manifest.problems.unreadable),
+                           relisting=store.relisting, damage=store.repaired)
+
+
+def _prepare(root: Location, dataset: str, profile: Mapping[str, Any] | str | Path | None,
+             kind: str | None, splits_dir: Path | None, device: str,
+             limit: int | None) -> _Setup:
+    if not isinstance(profile, Mapping):
+        profile = load_profile(profile or default_profile_for(dataset))
+    manifest = load_manifest(kind or profile["dataset"]["kind"], root, splits_dir)
+    manifest.dataset = dataset
+    videos, files, missing = select_videos(manifest, limit)
+    settings = {"modalities": profile["modalities"], "limits": profile["limits"],
+                "device": device}
+    # Built here too: it checks weights are available before any worker starts, and gives
+    # the feature widths and full configs the store records.
+    probe = VideoFeatureExtractor(settings["modalities"], settings["limits"], device)
+    return _Setup(manifest, videos, files, missing, settings, probe, _specs(probe))
+
+
+def _run_cooperating(*, root: Location, out: Location, dataset: str,
+                     profile: Mapping[str, Any] | str | Path | None, kind: str | None,
+                     splits_dir: Path | None, workers: int | None, scheduler: str | None,
+                     device: str, limit: int | None, progress: bool, flush_seconds: float,
+                     lease_s: float, lease_rows: int | None) -> FeaturesRun:
+    """Create or join the store under the single-run lock, then fill it with the others."""
+    setup = _prepare(root, dataset, profile, kind, splits_dir, device, limit)
+    with waiting_store_lock(out, lease_s) as holder:
+        if cooperating(out):
+            store = join_store(out, setup)
+        else:
+            store = open_or_create_store(out, setup.manifest, setup.videos, setup.files,
+                                         setup.probe, False, False, False)
+        setup.probe = None
+        leases = Leases(out, holder, lease_s, holder_alive)
+    summary, lost = fill_together(
+        store, leases, rows=block_rows(lease_rows, store.rows_per_shard),
+        payload=lambda row: setup.payload(store, row), worker_fn=extract_row,
+        outcome=video_outcome, scheduler=scheduler, workers=workers, progress=progress,
+        flush_seconds=flush_seconds)
+    fresh = open_store(out)
+    fresh.relisting, fresh.repaired = store.relisting, store.repaired
+    return replace(setup.result(fresh, summary), left_to_others=lost)
+
+
+def join_store(out: Location, setup: _Setup) -> FeatureStore:
+    """The store other runs are filling, opened without a write: this run must list the same
+    videos with the same extraction, or it would have to relist rows others are writing."""
+    store = open_store(out, writable=True)
+    manifest = setup.manifest
+    check_resumable(store, dataset=manifest.dataset, task=manifest.task,
+                    classes=manifest.classes, modalities=setup.specs)
+    listed = {store.ids[row] for row in np.flatnonzero(store.listed)}
+    wanted = {video.id for video in setup.videos}
+    if listed != wanted:
+        raise StoreError(f"{out} is being filled by cooperating runs that list other videos "
+                         f"({len(listed)} in the store, {len(wanted)} here, "
+                         f"{len(wanted - listed)} new): cooperating runs need the same --root "
+                         f"and --limit; add videos once they have finished")
+    return store

@@ -1,7 +1,8 @@
 """Creating a feature store, or reopening the same one to resume a run.
 
 A new store is built beside its final path and renamed into place once complete, with the
-format marker written last: a process killed while creating leaves no half-made store. A
+format marker written last: a process killed while creating leaves no half-made store (at a
+URL, where nothing can be renamed, a marker object does that: `pipeline/remote/creation.py`). A
 store reopened to resume must have been made for the same dataset and extraction; its rows
 are matched to the videos listed now by `resume.relist`.
 """
@@ -20,11 +21,14 @@ from typing import Any
 import numpy as np
 import zarr
 
+from pipeline.remote import creation
+from pipeline.remote.urls import Location, as_location, is_url
 from pipeline.store.feature_store import (
     FeatureStore,
     open_store,
     root_attributes,
     storage_errors,
+    store_exists,
     write_videos,
 )
 from pipeline.store.format import (
@@ -125,7 +129,7 @@ def _check_inputs(task: str, classes: Sequence[str], ids: Sequence[str], labels:
     return labels, splits, files
 
 
-def create_store(path: str | Path, *, dataset: str, task: str, classes: Sequence[str],
+def create_store(path: Location, *, dataset: str, task: str, classes: Sequence[str],
                  ids: Sequence[str], labels: Any = None, splits: Any = None,
                  split_names: Sequence[str] = (), modalities: Mapping[str, ModalitySpec],
                  files: Any = None, overwrite: bool = False, repair: bool = False,
@@ -143,15 +147,20 @@ def create_store(path: str | Path, *, dataset: str, task: str, classes: Sequence
     which. That comes before any resume write, which could otherwise have to merge into a
     damaged chunk.
     """
-    path = Path(path)
+    path = as_location(path)
     labels, splits, files = _check_inputs(task, classes, ids, labels, splits, split_names,
                                           files)
     wanted = {name: ModalitySpec(spec.positions, spec.dim, _jsonable(spec.config))
               for name, spec in modalities.items()}
     with storage_errors(path, "create feature store at"):
-        if path.exists() and overwrite:
-            _remove_store(path)
-        if path.exists():
+        if is_url(path) and creation.interrupted(str(path)):
+            creation.clear_interrupted(str(path))
+        if store_exists(path) and overwrite:
+            if is_url(path):
+                creation.remove_store(str(path))
+            else:
+                _remove_store(Path(path))
+        if store_exists(path):
             return _resume(path, dataset=dataset, task=task, classes=classes, ids=ids,
                            labels=labels, splits=splits, split_names=split_names,
                            files=files, modalities=wanted, repair=repair, progress=progress)
@@ -191,7 +200,7 @@ def _is_zarr_file(root: Path, path: Path) -> bool:
             or ZARR_TEMPORARY.fullmatch(path.name) is not None)
 
 
-def _resume(path: Path, *, dataset: str, task: str, classes: Sequence[str],
+def _resume(path: Location, *, dataset: str, task: str, classes: Sequence[str],
             ids: Sequence[str], labels: np.ndarray, splits: np.ndarray,
             split_names: Sequence[str], files: np.ndarray,
             modalities: Mapping[str, ModalitySpec], repair: bool, progress: bool
@@ -224,7 +233,7 @@ def _add_video_arrays(group: zarr.Group, n: int, shard_rows: int) -> None:
                           dims=("video",), fill=fill)
 
 
-def _create_new(path: Path, *, dataset: str, task: str, classes: Sequence[str],
+def _create_new(path: Location, *, dataset: str, task: str, classes: Sequence[str],
                 ids: Sequence[str], labels: np.ndarray, splits: np.ndarray,
                 split_names: Sequence[str], files: np.ndarray,
                 modalities: Mapping[str, ModalitySpec]) -> FeatureStore:
@@ -235,10 +244,15 @@ def _create_new(path: Path, *, dataset: str, task: str, classes: Sequence[str],
     # Built beside its final path and renamed into place once complete: a process killed
     # while creating leaves only the partial folder (removed by the next attempt), never a
     # half-made store at `path` that every rerun, even with --overwrite, would refuse.
-    partial = partial_path(path)
-    if partial.exists():
-        shutil.rmtree(partial)
-    group = zarr.open_group(partial, mode="w-", zarr_format=3)
+    if is_url(path):
+        creation.begin(str(path))
+        partial: Any = path
+    else:
+        partial = partial_path(Path(path))
+        if partial.exists():
+            shutil.rmtree(partial)
+    # at a URL the prefix was found empty but for the marker, which "w-" would count as data
+    group = zarr.open_group(partial, mode="a" if is_url(path) else "w-", zarr_format=3)
     _create_array(group, "videos/id", (n,), str, chunk_rows=small, shard_rows=shard_rows,
                   dims=("video",), fill="")
     if task == "single":
@@ -264,7 +278,10 @@ def _create_new(path: Path, *, dataset: str, task: str, classes: Sequence[str],
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
     })
-    os.replace(partial, path)
+    if is_url(path):
+        creation.finish(str(path))
+    else:
+        os.replace(partial, path)
     return FeatureStore(path, zarr.open_group(path, mode="r+"))
 
 

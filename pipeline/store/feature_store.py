@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import errno
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
+from pipeline.remote import objects
+from pipeline.remote.urls import Location, as_location, is_url, join, remote_errors
 from pipeline.store.format import (
     COMPLETE,
     ModalitySpec,
@@ -52,10 +54,12 @@ class ModalityRows:
 
 
 @contextmanager
-def storage_errors(path: Path, action: str) -> Iterator[None]:
-    """Turn file-system failures (read-only, disk full...) into one clear line."""
+def storage_errors(path: Location, action: str) -> Iterator[None]:
+    """Turn file-system failures (read-only, disk full...) and object-storage ones (no
+    bucket, no credentials, unreachable) into one clear line."""
     try:
-        yield
+        with remote_errors(StoreError, action, path) if is_url(path) else nullcontext():
+            yield
     except OSError as exc:
         reason = exc.strerror or str(exc)
         hint = ""
@@ -78,9 +82,10 @@ def write_videos(group: zarr.Group, *, task: str, labels: np.ndarray, splits: np
 class FeatureStore:
     """An open feature store. The only writer of its path while it is open for writing."""
 
-    def __init__(self, path: Path, group: zarr.Group) -> None:
+    def __init__(self, path: Location, group: zarr.Group) -> None:
         self.path = path
         self._group = group
+        self.fence: Callable[[], None] | None = None  # raises once this run may not write
         attrs = group.attrs.asdict()
         self.dataset: str = attrs["dataset"]
         self.task: str = attrs["task"]
@@ -182,6 +187,14 @@ class FeatureStore:
         """(status, lost): lost rows (status chunk damaged) read as pending in `status`."""
         return self._status[modality].copy(), self._lost[modality].copy()
 
+    def refresh_status(self, rows: slice) -> None:
+        """Read the status of `rows` again: cooperating runs write this store too."""
+        first, stop, _ = rows.indices(self.n)
+        for name in self.modalities:
+            status, lost = read_status(self._group[f"{name}/status"], stop)
+            self._status[name][first:stop] = status[first:stop]
+            self._lost[name][first:stop] = lost[first:stop]
+
     def array(self, name: str) -> zarr.Array:
         return self._group[name]
 
@@ -250,6 +263,8 @@ class FeatureStore:
             raise ValueError("rows and results differ in length")
         if len(rows) == 0:
             return
+        if self.fence is not None:
+            self.fence()
         order = np.argsort(np.asarray(rows, dtype=np.int64), kind="stable")
         sorted_rows = np.asarray(rows, dtype=np.int64)[order]
         if np.any(np.diff(sorted_rows) == 0):
@@ -311,14 +326,25 @@ class FeatureStore:
         return BufferedWriter(self, expected_rows, flush_seconds, max_buffered_rows)
 
 
-def root_attributes(path: Path) -> dict[str, Any]:
+def root_json(path: Location) -> bytes | None:
+    """The bytes of the root zarr.json, None if there is none."""
+    if is_url(path):
+        found = objects.read(join(str(path), "zarr.json"))
+        return None if found is None else found[0]
+    marker = Path(path) / "zarr.json"
+    if not Path(path).is_dir() or not marker.is_file():
+        return None
+    return marker.read_bytes()
+
+
+def root_attributes(path: Location) -> dict[str, Any]:
     """The attributes in the root zarr.json, read as plain JSON so that a damaged file gets a
     message saying how it is damaged rather than whatever zarr trips over."""
-    marker = path / "zarr.json"
-    if not path.is_dir() or not marker.is_file():
+    content = root_json(path)
+    if content is None:
         raise StoreError(f"{path} is not an attention-clusters feature store")
     try:
-        metadata = json.loads(marker.read_bytes())
+        metadata = json.loads(content)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise damaged(path, f"zarr.json is not valid JSON ({exc})") from exc
     if not isinstance(metadata, dict):
@@ -329,8 +355,13 @@ def root_attributes(path: Path) -> dict[str, Any]:
     return attrs
 
 
-def _open_group(path: Path, mode: str) -> zarr.Group:
-    if not path.exists():
+def store_exists(path: Location) -> bool:
+    """Whether something is at `path`: a folder, or for a URL a root zarr.json."""
+    return root_json(path) is not None if is_url(path) else Path(path).exists()
+
+
+def _open_group(path: Location, mode: str) -> zarr.Group:
+    if not store_exists(path):
         raise StoreError(f"{path} does not exist: run `make features` (or `cli.py features`)")
     check_attributes(path, root_attributes(path))
     try:
@@ -339,9 +370,10 @@ def _open_group(path: Path, mode: str) -> zarr.Group:
         raise damaged(path, f"zarr cannot open its root group ({exc})") from exc
 
 
-def open_store(path: str | Path, *, writable: bool = False) -> FeatureStore:
-    """Open and validate an existing store (read-only unless `writable`)."""
-    path = Path(path)
+def open_store(path: Location, *, writable: bool = False) -> FeatureStore:
+    """Open and validate an existing store (read-only unless `writable`), on disk or at an
+    fsspec URL (`s3://bucket/name.zarr`)."""
+    path = as_location(path)
     with storage_errors(path, "open"):
         return FeatureStore(path, _open_group(path, "r+" if writable else "r"))
 

@@ -19,7 +19,7 @@ from pipeline.store.verify import (
     Damage,
     DamageReport,
     damage_message,
-    shard_file,
+    delete_shard,
     shard_rows,
 )
 
@@ -45,7 +45,7 @@ def _rebuild_shard(store: FeatureStore, name: str, shard: int) -> None:
                 continue
     if name.endswith("/status"):
         values[values == array.fill_value] = Status.PENDING
-    shard_file(array, shard).unlink(missing_ok=True)
+    delete_shard(array, shard)
     array[start:stop] = values
 
 

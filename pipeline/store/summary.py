@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.remote.urls import as_location
 from pipeline.store.feature_store import FeatureStore, open_store
 from pipeline.store.format import Status, StoreError
 from pipeline.store.lock import writer_of
@@ -56,7 +57,7 @@ def read_summary(path: str | Path) -> dict[str, Any]:
     """The summary of the store at `path`, retried while a running `features` rewrites it."""
     attempt = 1
     while True:
-        writer = writer_of(Path(path))
+        writer = writer_of(as_location(path))
         try:
             summary = summarize(open_store(path))
         except (RuntimeError, ValueError, StoreError) as exc:  # a shard replaced mid-read?

@@ -26,7 +26,11 @@ import google_crc32c  # zarr's own crc32c codec uses it (a dependency of zarr)
 import numpy as np
 import zarr
 from tqdm import tqdm
+from zarr.abc.store import SuffixByteRequest
 from zarr.codecs import Crc32cCodec, ShardingCodec, ZstdCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+from zarr.storage import LocalStore
 
 from pipeline.store.format import Status, StoreError
 
@@ -176,11 +180,43 @@ def shard_file(array: zarr.Array, shard: int) -> Path:
     return Path(array.store.root) / array.path / key
 
 
+def _shard_key(array: zarr.Array, shard: int) -> str:
+    return f"{array.path}/{array.metadata.encode_chunk_key((shard,) + (0,) * (array.ndim - 1))}"
+
+
+def delete_shard(array: zarr.Array, shard: int) -> None:
+    """Remove one shard file (or object, in a store named by URL), if it is there."""
+    if isinstance(array.store, LocalStore):
+        shard_file(array, shard).unlink(missing_ok=True)
+    else:
+        sync(array.store.delete(_shard_key(array, shard)))
+
+
+def _shard_exists(array: zarr.Array, shard: int) -> bool:
+    if isinstance(array.store, LocalStore):
+        return shard_file(array, shard).is_file()
+    return bool(sync(array.store.exists(_shard_key(array, shard))))
+
+
+def _shard_tail(array: zarr.Array, shard: int, size: int) -> tuple[int, bytes]:
+    """(shard size, its last `size` bytes) of a shard that exists."""
+    if isinstance(array.store, LocalStore):
+        with open(shard_file(array, shard), "rb") as handle:
+            handle.seek(0, 2)
+            total = handle.tell()
+            handle.seek(max(0, total - size))
+            return total, handle.read(size)
+    key = _shard_key(array, shard)
+    total = int(sync(array.store.getsize(key)))
+    tail = sync(array.store.get(key, default_buffer_prototype(),
+                                SuffixByteRequest(min(size, total))))
+    return total, b"" if tail is None else tail.to_bytes()
+
+
 def _present_chunks(store: FeatureStore, array: zarr.Array, shard: int) -> np.ndarray | None:
     """Per inner chunk of one shard, whether the shard index says it is there; None if the
     shard file is missing. Raises ValueError if the index itself is unreadable."""
-    path = shard_file(array, shard)
-    if not path.is_file():
+    if not _shard_exists(array, shard):
         return None
     if not array.shards:
         return np.ones(1, dtype=bool)
@@ -191,13 +227,9 @@ def _present_chunks(store: FeatureStore, array: zarr.Array, shard: int) -> np.nd
                          f"project writes: its shards cannot be checked")
     per_shard = tuple(s // c for s, c in zip(array.shards, array.chunks, strict=True))
     size = 16 * int(np.prod(per_shard)) + 4
-    with open(path, "rb") as handle:
-        handle.seek(0, 2)
-        total = handle.tell()
-        if total < size:
-            raise ValueError("shard shorter than its index")
-        handle.seek(total - size)
-        tail = handle.read(size)
+    total, tail = _shard_tail(array, shard, size)
+    if total < size:
+        raise ValueError("shard shorter than its index")
     if google_crc32c.value(tail[:-4]).to_bytes(4, "little") != tail[-4:]:
         raise ValueError("shard index checksum mismatch")
     index = np.frombuffer(tail[:-4], dtype="<u8").reshape(*per_shard, 2)
@@ -392,7 +424,7 @@ def rewrite_array(array: zarr.Array, values: np.ndarray) -> None:
         array[:] = values
     except DECODE_ERRORS:
         for shard in shard_numbers(array):
-            shard_file(array, shard).unlink(missing_ok=True)
+            delete_shard(array, shard)
         array[:] = values
 
 

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from extract.errors import UserError
+from pipeline.remote.urls import Location, as_location
 from pipeline.store.feature_store import FeatureStore, open_store
 from pipeline.store.format import Split, Status
 from pipeline.store.lock import refuse_while_written
@@ -72,7 +73,7 @@ class SplitData:
 def open_for_training(store: str | Path | FeatureStore) -> FeatureStore:
     """The store, opened (and validated) unless it already is, with at least one class."""
     if not isinstance(store, FeatureStore):
-        refuse_while_written(Path(store), "train or evaluate on it")
+        refuse_while_written(as_location(store), "train or evaluate on it")
     opened = store if isinstance(store, FeatureStore) else open_store(store)
     if not opened.classes:
         raise UserError(f"{opened.path}: the store lists no classes")
@@ -227,7 +228,7 @@ class BlockStream(IterableDataset):
 
     def __init__(
         self,
-        path: Path,
+        path: Location,
         modalities: list[str],
         blocks: list[tuple[int, int, np.ndarray]],
         labels: np.ndarray,

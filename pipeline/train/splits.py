@@ -12,6 +12,7 @@ from typing import Any
 
 from extract.errors import UserError
 from pipeline.profiles import default_profile_for, load_profile
+from pipeline.remote.urls import Location
 from pipeline.store.feature_store import open_store
 from pipeline.train.checkpoint import load_checkpoint
 from pipeline.train.config import TrainConfig
@@ -39,7 +40,7 @@ def run_dir_for(dataset: str, split: int, several: bool, out: Path | None) -> Pa
     return new_run_dir(dataset, split if several else None)
 
 
-def train_splits(store: Path, dataset: str, split: str, profile: str | Path | None = None,
+def train_splits(store: Location, dataset: str, split: str, profile: str | Path | None = None,
                  overrides: dict[str, Any] | None = None, out: Path | None = None
                  ) -> list[TrainResult]:
     """Train on one split or on every split ('all') of `store`, one run folder each.
@@ -68,7 +69,7 @@ def newest_checkpoint_per_split(dataset: str) -> list[Path]:
     return [newest[number] for number in sorted(newest)]
 
 
-def evaluate_dataset(dataset: str, store: Path, checkpoint: Path | None = None,
+def evaluate_dataset(dataset: str, store: Location, checkpoint: Path | None = None,
                      split: str | None = None, device: str = "auto",
                      per_class_csv: Path | None = None) -> dict[str, Any]:
     """`evaluate`: one checkpoint on one split, or ('all') the mean over every split.
