@@ -341,11 +341,14 @@ def classify(videos: tuple[Path, ...], dataset: str, checkpoint: Path | None, to
 @click.option("--data-dir", type=click.Path(path_type=Path), help="[data/flash-mnist]")
 @click.option("--runs-dir", type=click.Path(path_type=Path), help="[runs/flash-mnist-grid]")
 @click.option("--docs-dir", type=click.Path(path_type=Path), help="[docs]")
+@click.option("--report-only", is_flag=True,
+              help="Train nothing: rewrite docs/reproduction.md and the figures from the "
+                   "results recorded so far.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def reproduce(quick: bool, epochs: int | None, precision: str | None, sizes: str | None,
               units: str | None, jobs: int, source: str, mnist_dir: Path | None, device: str,
               data_dir: Path | None, runs_dir: Path | None, docs_dir: Path | None,
-              no_progress: bool) -> None:
+              report_only: bool, no_progress: bool) -> None:
     """Reproduce the paper's Flash-MNIST ablation (cluster size x unit x shifting) as the
     authors ran it.
 
@@ -363,7 +366,7 @@ def reproduce(quick: bool, epochs: int | None, precision: str | None, sizes: str
         quick=quick, epochs=epochs, precision=precision, sizes=sizes, units=units,
         source=source, mnist_dir=mnist_dir, device=device, data_dir=data_dir,
         runs_dir=runs_dir, docs_dir=docs_dir, progress=not no_progress)
-    report = run_study(settings, jobs=jobs)
+    report = run_study(settings, jobs=jobs, train_grid=not report_only)
     click.echo(f"{len(report['results'])} of {report['configurations']} configurations "
                f"finished; report in {settings.docs_dir / 'reproduction.md'}")
 

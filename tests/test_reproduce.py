@@ -130,6 +130,7 @@ def test_a_new_machine_continues_from_the_ledger_alone(tiny_run: tuple[Settings,
     # A fresh clone: only docs/ (ledger, LeNet) was committed; data and runs are gone.
     fresh = dataclasses.replace(tiny_settings(tmp_path), docs_dir=tmp_path / "docs")
     shutil.copytree(settings.docs_dir, fresh.docs_dir)
+    assert reproduce(fresh, train_grid=False)["results"] == report["results"]
     again = reproduce(fresh)
     assert again["results"] == report["results"]  # nothing retrained...
     assert not any((fresh.runs_dir / name).exists() for name in NAMES)

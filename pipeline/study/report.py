@@ -162,7 +162,8 @@ def precision_text(docs_dir: Path) -> str:
         f" after {r['epochs']} epochs, bf16 {r['speedup']:.2f}x as fast"
         for r in check["runs"])
     return (f"measured by `bench/flash_precision.py` on {check['machine']} with "
-            f"{check['videos_per_class']} training videos per class: {rows}")
+            f"{check['videos_per_class']} training videos per class (times include loading "
+            f"the store, on a loaded machine): {rows}")
 
 
 def precision_line(precision: str, units: Sequence[str]) -> str:
@@ -171,15 +172,15 @@ def precision_line(precision: str, units: Sequence[str]) -> str:
         return f"every configuration's training forward pass in {precision}"
     half = [UNIT_LABELS[u] for u in ("avg", *units) if u in BF16_UNITS]
     full = [UNIT_LABELS[u] for u in units if u not in BF16_UNITS]
-    return (f"the training forward pass under bf16 autocast for {', '.join(half) or 'none'}, "
-            f"in fp32 for {', '.join(full) or 'none'}")
+    return (f"the training forward pass under bf16 autocast for {' and '.join(half) or 'no'} "
+            f"units, in fp32 for {' and '.join(full) or 'no'} units")
 
 
 def timing_text(results: Sequence[dict[str, Any]]) -> str:
     hours = sum(r["seconds"] for r in results) / 3600
     machines = sorted({r["machine"] for r in results})
-    return (f"the {len(results)} finished configurations took {hours:.1f} h of training in "
-            f"all, on {'; '.join(machines) or 'no machine yet'}")
+    return (f"{len(results)} finished configuration{'' if len(results) == 1 else 's'}, "
+            f"{hours:.1f} h of training in all, on {'; '.join(machines) or 'no machine yet'}")
 
 
 def write_report(settings: Settings, report: dict[str, Any]) -> Path:

@@ -260,8 +260,10 @@ def attention_analysis(settings: Settings, results: list[dict[str, Any]],
             "untrained": attention_mass(untrained["attention"], untrained["frame_digit"])}
 
 
-def reproduce(settings: Settings, jobs: int = 1) -> dict[str, Any]:
-    """Run (or continue) the whole study and write the docs; returns the report dict."""
+def reproduce(settings: Settings, jobs: int = 1, train_grid: bool = True) -> dict[str, Any]:
+    """Run (or continue) the whole study and write the docs; returns the report dict.
+
+    train_grid=False only rewrites the docs from the ledger (and what runs/ holds)."""
     device = resolve_device(settings.device)
     for folder in (settings.data_dir, settings.runs_dir, settings.docs_dir):
         folder.mkdir(parents=True, exist_ok=True)
@@ -289,7 +291,8 @@ def reproduce(settings: Settings, jobs: int = 1) -> dict[str, Any]:
         "public_reproduction": {u: {str(n): v for n, v in c.items()} for u, c in PUBLIC.items()},
     }
     update_ledger(settings.docs_dir, fields, None, keys)
-    run_workers(settings, store, fingerprint, jobs)
+    if train_grid:
+        run_workers(settings, store, fingerprint, jobs)
     report = refresh_docs(settings, keys, store)
     log(f"{len(report['results'])} of {len(cells)} configurations finished; wrote "
         f"{settings.docs_dir / 'reproduction.md'}, {settings.docs_dir / 'reproduction.json'} "
