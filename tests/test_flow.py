@@ -150,6 +150,7 @@ def _iteration_state(pair_frames, size):
             grad.square().sum(1, keepdim=True), i1 - i0, 0.045, 0.3, 0.25 / 0.3, 1e-4, 6)
 
 
+@pytest.mark.slow  # about 20 s of torch.compile; make test-all runs it
 def test_compiled_inner_iterations_match_eager(frames):
     state = _iteration_state(frames, SIZE)
     compiled = torch.compile(inner_iterations, fullgraph=True, dynamic=True)

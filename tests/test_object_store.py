@@ -106,6 +106,7 @@ def test_videos_listed_and_read_from_a_bucket(clips: tuple[Path, dict], schedule
         np.testing.assert_array_equal(got[key][rows], values, err_msg=key)
 
 
+@pytest.mark.slow  # three CLI processes with training; make test-all runs it
 def test_store_info_train_and_evaluate_from_the_bucket(clips: tuple[Path, dict],
                                                        scheduler: str, s3_bucket: str,
                                                        tmp_path: Path,

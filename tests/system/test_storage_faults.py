@@ -96,6 +96,7 @@ def test_unwritable_store_path_is_one_clear_line(clips: tuple[Path, Path],
     assert blocker.read_text().startswith("a file where")
 
 
+@pytest.mark.slow  # a full features run into a tiny filesystem; make test-all runs it
 def test_disk_full_mid_run_keeps_finished_rows(clips: tuple[Path, Path],
                                                tmp_path: Path) -> None:
     root, profile = clips
