@@ -255,8 +255,9 @@ def write_report(settings: Settings, report: dict[str, Any]) -> Path:
                         f"{lenet['config']['digit_images'] // pool['train']} times), and the "
                         "upscaled 8x8 images are smoother than MNIST's strokes."
                         if sklearn else "MNIST, as the authors."),
-        "- Features are stored as float16 in the feature store (the authors kept float32); "
-        "the log-probabilities differ by at most about 0.004.",
+        "- Features are stored as float16 in the feature store (the authors kept float32): "
+        "the log-probabilities, which reach about -29, change by 0.0019 on average and at most "
+        "0.008 (measured on 5,000 test frames).",
         "- The public table keeps the best of 200 epochs on the test set; the authors' code "
         "logs the test accuracy after each of 100 epochs. Both are shown above.",
         "- The two-layer scorer is the public reproduction's (the authors' code has only the "
