@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CLI := $(PY) cli.py
 
-.PHONY: setup data features train evaluate classify demo reproduce test test-slow test-all bench lint clean
+.PHONY: setup data features finetune train evaluate classify demo reproduce test test-slow test-all bench gpu-check lint clean
 
 ## setup: create .venv with $(PYTHON) and install the pinned requirements (once; again when they change)
 setup: $(STAMP)
@@ -25,6 +25,11 @@ data: $(STAMP)
 ## features: every video of data/$(DATASET) -> features/$(DATASET).zarr (resumes if interrupted)
 features: $(STAMP)
 	$(CLI) features $(DATASET) --device $(DEVICE)
+
+## finetune: MODALITY=rgb|flow: that backbone of the profile trained TSN-style on split 1 -> runs/$(DATASET)/finetune-$(MODALITY)-split1/ (resumes if interrupted)
+MODALITY ?= flow
+finetune: $(STAMP)
+	$(CLI) finetune $(DATASET) --modality $(MODALITY) --device $(DEVICE)
 
 ## train: the Attention Clusters classifier on features/$(DATASET).zarr -> runs/$(DATASET)/<time>/
 train: $(STAMP)
@@ -72,6 +77,11 @@ bench: $(STAMP)
 	$(PY) bench/extract.py --json
 	$(PY) bench/train.py --json
 	$(PY) bench/classify.py --json
+
+## gpu-check: on a GPU machine, the CUDA tests and GPU figures as one JSON, under 8 minutes (no
+## setup: PY=python3 uses the machine's torch; docs/benchmarks.md); ARGS=--dry-run: on the CPU
+gpu-check:
+	$(PY) bench/gpu_check.py $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

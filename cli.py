@@ -132,11 +132,16 @@ def _dataset_paths(dataset: str, root: Location | None, out: Location | None
                    "and --cooperate).")
 @click.option("--lease-rows", type=click.IntRange(min=1),
               help="Rows per lease with --cooperate (a power of two) [a shard's rows].")
+@click.option("--gpu-workers", type=click.IntRange(min=0), help="Local workers running flow and "
+              "CNNs for --gpu-batch videos at once, one GPU each, while the others decode [one "
+              "per GPU with CUDA; --scheduler: its workers started with --resources GPU=1].")
+@click.option("--gpu-batch", type=click.IntRange(min=1), default=8, show_default=True)
 def features(dataset: str, root: Location | None, config: str | None, kind: str | None,
              splits: Path | None, out: Location | None, workers: int | None, scheduler: str | None,
              device: str, limit: int | None, overwrite: bool, strict: bool,
              flush_seconds: float, as_json: bool, repair: bool = False, cooperate: bool = False,
-             lease_seconds: float = 60.0, lease_rows: int | None = None) -> None:
+             lease_seconds: float = 60.0, lease_rows: int | None = None,
+             gpu_workers: int | None = None, gpu_batch: int = 8) -> None:
     """Extract RGB, flow and audio features of every video of DATASET into a Zarr store.
 
     Rerunning the same command resumes: finished videos are not recomputed.
@@ -151,6 +156,7 @@ def features(dataset: str, root: Location | None, config: str | None, kind: str 
         dataset=dataset, splits_dir=splits, workers=workers, scheduler=scheduler,
         device=device, limit=limit, overwrite=overwrite, flush_seconds=flush_seconds,
         repair=repair, cooperate=cooperate, lease_s=lease_seconds, lease_rows=lease_rows,
+        gpu_workers=gpu_workers, gpu_batch=gpu_batch,
     )
     if result.run.interrupted:  # one line: the rows handed back so far are flushed
         written, listed = result.written()
@@ -267,6 +273,48 @@ def train(dataset: str, store_path: Location | None, out: Path | None, split: st
         click.echo(f"split {result.split}: best epoch {result.best_epoch} of {result.epochs} "
                    f"({result.steps} optimiser steps): {headline}")
         click.echo(f"checkpoint: {result.checkpoint}")
+
+
+@main.command()
+@click.argument("dataset", default=DATASET)
+@click.option("--modality", required=True, help="rgb or flow: the backbone to fine-tune.")
+@click.option("--root", type=click.Path(path_type=Path), help="[data/DATASET]")
+@click.option("--config", "config", help="Profile [configs/DATASET.yaml, else default].")
+@click.option("--kind", type=click.Choice(MANIFEST_KINDS), help="[the profile's]")
+@click.option("--splits", type=click.Path(path_type=Path), help="Folder of the split files.")
+@click.option("--split", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), help="[runs/DATASET/finetune-...]")
+@click.option("--epochs", type=click.IntRange(min=1), default=6, show_default=True)
+@click.option("--segments", type=click.IntRange(min=1), default=3, show_default=True,
+              help="TSN's K: snippets per video in each training step.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="[0.001 rgb, 0.005 flow]")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto",
+              show_default=True)
+@click.option("--max-videos", type=click.IntRange(min=1), help="At most N train + N val.")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+def finetune(dataset: str, modality: str, root: Path | None, config: str | None,
+             kind: str | None, splits: Path | None, split: int, out: Path | None, epochs: int,
+             segments: int, batch_size: int, lr: float | None, seed: int, device: str,
+             max_videos: int | None, as_json: bool) -> None:
+    """Fine-tune the profile's RGB or flow backbone TSN-style (docs/backbones.md); rerun to
+    resume. Writes MODALITY.pth, its sha256 and finetune.json for `backbone.weights_file`."""
+    from pipeline.finetune.outputs import summary_text
+    from pipeline.finetune.run import run_finetune
+    from pipeline.finetune.settings import FinetuneSettings
+
+    settings = FinetuneSettings(modality=modality, split=split, epochs=epochs,
+                                segments=segments, batch_size=batch_size, lr=lr, seed=seed)
+    out = out or Path("runs") / dataset / f"finetune-{modality}-split{split}"
+    record = run_finetune(dataset=dataset, root=root or Path("data") / dataset,
+                          modality=modality, out=out, profile=config, kind=kind,
+                          splits_dir=splits, settings=settings, max_videos=max_videos,
+                          device=device, progress=not as_json)
+    if as_json:
+        click.echo(json_text({k: v for k, v in record.items() if k != "identity"}))
+        return
+    click.echo(summary_text(record))
 
 
 @main.command()

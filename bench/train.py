@@ -45,7 +45,9 @@ CHUNK_ROWS = 64
 WRITE_ROWS = 1024
 
 
-def write_store(path: Path, videos: int, seed: int = 0) -> None:
+def write_store(path: Path, videos: int, seed: int = 0,
+                modalities: dict[str, tuple[int, int]] = MODALITIES,
+                classes: int = CLASSES) -> None:
     """A v1-format store with class-dependent features, written block by block."""
     rng = np.random.default_rng(seed)
     root = zarr.open_group(str(path), mode="w")
@@ -55,15 +57,15 @@ def write_store(path: Path, videos: int, seed: int = 0) -> None:
             "format_version": FORMAT_VERSION,
             "dataset": "bench-ucf101",
             "task": "single",
-            "classes": [f"class_{c:03d}" for c in range(CLASSES)],
+            "classes": [f"class_{c:03d}" for c in range(classes)],
             "modalities": {
-                m: {"positions": L, "synthetic": True} for m, (L, _) in MODALITIES.items()
+                m: {"positions": L, "synthetic": True} for m, (L, _) in modalities.items()
             },
             "software": {"zarr": zarr.__version__},
             "created": "bench",
         }
     )
-    labels = (np.arange(videos) % CLASSES).astype(np.int32)
+    labels = (np.arange(videos) % classes).astype(np.int32)
     group = root.create_group("videos")
     group.create_array("id", shape=(videos,), dtype=str, chunks=(4096,))[:] = np.array(
         [f"v{i:05d}.mp4" for i in range(videos)], dtype=object
@@ -71,7 +73,7 @@ def write_store(path: Path, videos: int, seed: int = 0) -> None:
     group.create_array("label", shape=(videos,), dtype="int32", chunks=(4096,))[:] = labels
     split = np.where(rng.random((videos, 3)) < 0.7, Split.TRAIN, Split.TEST).astype(np.uint8)
     group.create_array("split", shape=(videos, 3), dtype="uint8", chunks=(4096, 3))[:] = split
-    for name, (length, dim) in MODALITIES.items():
+    for name, (length, dim) in modalities.items():
         modality = root.create_group(name)
         features = modality.create_array(
             "features",
@@ -79,7 +81,7 @@ def write_store(path: Path, videos: int, seed: int = 0) -> None:
             dtype="float16",
             chunks=(CHUNK_ROWS, length, dim),
         )
-        prototypes = rng.standard_normal((CLASSES, dim), dtype=np.float32)
+        prototypes = rng.standard_normal((classes, dim), dtype=np.float32)
         for start in range(0, videos, WRITE_ROWS):
             stop = min(start + WRITE_ROWS, videos)
             block = rng.standard_normal((stop - start, length, dim), dtype=np.float32)

@@ -65,7 +65,19 @@ def load_weights_into(
 
     `assign=True` adopts the file's tensors, for modules built on the meta device (no init cost).
     """
-    state = read_state_dict(path)
+    load_state_into(module, read_state_dict(path), path, ignorable_prefixes, assign)
+
+
+def load_state_into(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str | os.PathLike[str],
+    ignorable_prefixes: Iterable[str] = (),
+    assign: bool = False,
+) -> None:
+    """The strict match of `load_weights_into` for a state dict already read (and perhaps
+    renamed, as an MMAction2 checkpoint is); `source` names the file in the messages."""
+    path = source
     expected = module.state_dict()
     prefixes = tuple(ignorable_prefixes)
     missing = [k for k in expected if k not in state]

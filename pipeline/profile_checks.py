@@ -32,7 +32,7 @@ from pipeline.train.config import TrainConfig
 # A check returns None for a good value, else the rest of the line after "key value".
 Check = Callable[[Any], "str | None"]
 
-MODEL_FAMILIES = ("torchvision", "timm")  # named as family:<model>
+MODEL_FAMILIES = ("torchvision", "timm", "mmaction2")  # named as family:<model>
 SWITCH_WORDS = {"yes": True, "on": True, "no": False, "off": False}
 # Peak memory of the torch TV-L1 backend per frame pair and pixel, input stacks included
 # (measured: 200 B at 32 stacks of 6 frames at 340x256, 303 B at 8 stacks, on CPU).

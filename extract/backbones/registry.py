@@ -6,7 +6,8 @@ normalisation on the device and returns (B, dim) float32 features on the CPU. `c
 everything needed to rebuild it identically (spec, weights source, sha256, preprocessing).
 
 Spec names: `efficientnet_lite0` (offline default), `random` (Lite0 architecture, seeded random
-weights, for tests), `torchvision:<model>`, `timm:<model>`, and for audio `logmel` and `vggish`.
+weights, for tests), `torchvision:<model>`, `timm:<model>`, `mmaction2:tsn_r50` (a TSN checkpoint
+file), and for audio `logmel` and `vggish`.
 """
 
 from __future__ import annotations

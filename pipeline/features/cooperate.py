@@ -140,21 +140,28 @@ def _merge(total: RunSummary, part: RunSummary) -> None:
 
 
 def fill_together(store: FeatureStore, leases: Leases, *, rows: int,
-                  payload: Callable[[int], dict[str, Any]], worker_fn: Callable[[Any], Any],
-                  outcome: Callable[[Any], str], scheduler: str | None, workers: int | None,
-                  progress: bool, flush_seconds: float) -> tuple[RunSummary, int]:
-    """Compute and write blocks until none has pending rows: (summary, rows dropped)."""
+                  payload: Callable[[int], dict[str, Any]], outcome: Callable[[Any], str],
+                  scheduler: str | None, workers: int | None, progress: bool,
+                  flush_seconds: float, split: tuple[Any, dict[str, Any]]
+                  ) -> tuple[RunSummary, int]:
+    """Compute and write blocks until none has pending rows: (summary, rows dropped).
+
+    `split` is (task, run_tasks options): the per-video task, or gpu_pool's split stages
+    with their driver and the local GPU workers to start."""
+    worker_fn, options = split
+    gpu_workers = options.get("gpu_workers", 0)
+    driver = options.get("driver")
     summary = RunSummary(total=None)
     writer = BlockWriter(store, leases, rows, flush_seconds)
     work = Work(store, rows)
     try:
-        with dask_client(scheduler, workers) as client:
+        with dask_client(scheduler, workers, gpu_workers=gpu_workers) as client:
             while True:
                 items = _claimed_items(work, leases, writer, payload)
                 try:
                     part = run_tasks(items, worker_fn, on_result=writer.add, client=client,
                                      progress=progress, description="videos",
-                                     outcome=outcome)
+                                     outcome=outcome, driver=driver)
                 finally:
                     writer.flush()
                 _merge(summary, part)

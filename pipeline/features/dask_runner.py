@@ -135,13 +135,15 @@ def dask_client(
     threads_per_worker: int = 1,
     retries: int = 2,
     connect_timeout_s: float = 20.0,
+    gpu_workers: int = 0,
 ) -> Iterator[Client]:
     """A client on an existing scheduler address, or on a LocalCluster sized to the machine.
 
     The local cluster runs one process per worker and gives each `cores / workers` threads
     (OMP_NUM_THREADS & co.), so workers do not oversubscribe the cores. `retries` is how many
     times a task may lose its worker before it fails (the scheduler's allowed-failures); on an
-    existing cluster that setting belongs to its scheduler.
+    existing cluster that setting belongs to its scheduler. `gpu_workers` more local workers
+    declare the resource GPU=1, worker i seeing only GPU i (CUDA_VISIBLE_DEVICES).
     """
     if scheduler:
         try:
@@ -169,7 +171,20 @@ def dask_client(
             silence_logs=logging.ERROR,
         )
     with cluster, Client(cluster) as client:
+        if gpu_workers:
+            _add_gpu_workers(cluster, gpu_workers, env)
+            client.wait_for_workers(count + gpu_workers)
         yield client
+
+
+def _add_gpu_workers(cluster: LocalCluster, count: int, env: dict[str, str]) -> None:
+    """`count` workers of one thread declaring GPU=1, each on its own GPU."""
+    for i in range(count):
+        options = {**cluster.new_spec["options"], "nthreads": 1, "resources": {"GPU": 1},
+                   "env": {**env, "CUDA_VISIBLE_DEVICES": str(i)}}
+        cluster.worker_spec[f"gpu-{i}"] = {**cluster.new_spec, "options": options}
+    with _sigint_blocked():
+        cluster.scale(len(cluster.worker_spec))
 
 
 @contextlib.contextmanager
@@ -249,13 +264,17 @@ def run_tasks(
     progress: bool = True,
     outcome: Callable[[Any], str] = default_outcome,
     description: str = "items",
+    driver: Callable[..., None] | None = None,
+    gpu_workers: int = 0,
 ) -> RunSummary:
     """Run `worker_fn(payload)` for every (row, payload); call `on_result(row, result)` here.
 
     `worker_fn` must be importable by the workers (a module-level function). A task that
     raises, or that kills `retries + 1` workers, yields `task_failure(...)` as its result and
     the run goes on. Returns early with `interrupted=True` on Ctrl-C or SIGTERM; an exception
-    from `on_result` (e.g. a full disk) stops the run and propagates.
+    from `on_result` (e.g. a full disk) stops the run and propagates. `driver` replaces the
+    per-item one (gpu_pool.drive_auto: `worker_fn` is then its SplitTask); `gpu_workers`
+    local workers declaring the GPU resource join the local cluster.
     """
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
@@ -270,14 +289,15 @@ def run_tasks(
                 if client is None:
                     with stops.critical():  # a Ctrl-C now stops the run once the cluster is up
                         client = own.enter_context(
-                            dask_client(scheduler, workers, threads_per_worker, retries))
+                            dask_client(scheduler, workers, threads_per_worker, retries,
+                                        gpu_workers=gpu_workers))
                         own.callback(setattr, stops, "closing", True)  # runs before the close
                 threads = sum(client.nthreads().values()) or 1
                 limit = max_in_flight or 2 * threads + 2
                 started = time.monotonic()  # the rate is of tasks, not of the cluster's start
                 with _progress_bar(total, progress, description) as bar:
-                    _drive(client, iter(items), worker_fn, on_result, limit, summary, outcome,
-                           bar, stops)
+                    (driver or _drive)(client, iter(items), worker_fn, on_result, limit,
+                                       summary, outcome, bar, stops)
         except KeyboardInterrupt:
             summary.interrupted = True
     summary.seconds = time.monotonic() - started
@@ -334,23 +354,10 @@ def _drive(
             row = rows.pop(future.key)
             try:
                 result = future.result()
-            except KilledWorker as exc:
-                deaths = exc.allowed_failures + 1
-                result = task_failure(f"KilledWorker: {deaths} worker process"
-                                      f"{'es' if deaths > 1 else ''} died running this item "
-                                      "(crash, segfault or out of memory)")
             except (Exception, SystemExit) as exc:  # e.g. an unpicklable result
-                result = task_failure(_describe(exc))
+                result = exception_failure(exc)
             future.release()
-            label = outcome(result)
-            summary.counts[label] += 1
-            if label == Status.FAILED.label and isinstance(result, Mapping) and "error" in result:
-                summary.failures.append((row, str(result["error"])))
-            with stops.critical():
-                on_result(row, result)
-                summary.completed += 1
-                bar.update(1)
-                bar.set_postfix(failed=summary.counts[Status.FAILED.label], refresh=False)
+            hand_back(row, result, on_result, summary, outcome, bar, stops)
             submit_next()
     except KeyboardInterrupt:
         summary.interrupted = True
@@ -358,3 +365,28 @@ def _drive(
         outstanding = list(pending.futures)
         if outstanding:
             client.cancel(outstanding)
+
+
+def exception_failure(exc: BaseException) -> dict[str, str]:
+    """The failed result of a task whose future raised (its workers died, or worse)."""
+    if isinstance(exc, KilledWorker):
+        deaths = exc.allowed_failures + 1
+        return task_failure(f"KilledWorker: {deaths} worker process"
+                            f"{'es' if deaths > 1 else ''} died running this item "
+                            "(crash, segfault or out of memory)")
+    return task_failure(_describe(exc))
+
+
+def hand_back(row: int, result: Any, on_result: Callable[[int, Any], None],
+              summary: RunSummary, outcome: Callable[[Any], str], bar: Any,
+              stops: _StopSignals) -> None:
+    """Count one result and give it to `on_result`, never interrupted half way."""
+    label = outcome(result)
+    summary.counts[label] += 1
+    if label == Status.FAILED.label and isinstance(result, Mapping) and "error" in result:
+        summary.failures.append((row, str(result["error"])))
+    with stops.critical():
+        on_result(row, result)
+        summary.completed += 1
+        bar.update(1)
+        bar.set_postfix(failed=summary.counts[Status.FAILED.label], refresh=False)

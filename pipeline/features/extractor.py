@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -151,44 +151,89 @@ class VideoFeatureExtractor:
         """{modality: {status, features (l, D) float16, mask (l,), time (l,), error}}; rgb and
         flow add `stream`, the index of the video stream decoded (see choose_stream). `path`
         may be an open binary file (a video on object storage, opened by the caller)."""
-        results = {}
+        return self.compute([self.decode(path, modalities)])[0]
+
+    def decode(self, path: str | Path | BinaryIO, modalities: Iterable[str] | None = None
+               ) -> dict[str, dict[str, Any]]:
+        """The CPU half of `extract`: per modality, the model inputs ({items, times, stream})
+        or already the final result (failed, or absent audio). `compute` finishes it."""
+        decoded = {}
         with extraction_threads():
             for name in modalities or self.settings:
-                try:
-                    results[name] = getattr(self, f"_{name}")(
-                        path if hasattr(path, "read") else Path(path))
-                except UserError as exc:
-                    results[name] = {"status": Status.FAILED, "error": str(exc)}
-                except Exception as exc:  # one odd video must not stop a run of thousands
-                    results[name] = {"status": Status.FAILED,
-                                     "error": f"{type(exc).__name__}: {exc}"}
+                decoded[name] = _guarded(lambda name=name: getattr(self, f"_read_{name}")(
+                    path if hasattr(path, "read") else Path(path)))
+        return decoded
+
+    def compute(self, videos: list[Mapping[str, Mapping[str, Any]]]
+                ) -> list[dict[str, dict[str, Any]]]:
+        """The model half of `extract` for many decoded videos at once: flow and backbones
+        see the inputs of all of them together (batches across videos on a GPU). A modality
+        whose batch fails is retried video by video, so one odd video fails alone."""
+        results: list[dict[str, dict[str, Any]]] = [dict(video) for video in videos]
+        with extraction_threads():
+            for name in self.settings:
+                rows = [i for i, video in enumerate(videos) if "items" in video.get(name, {})]
+                inputs = [videos[i][name] for i in rows]
+                outputs = None
+                if len(inputs) > 1:
+                    with contextlib.suppress(Exception):  # then each alone, failing alone
+                        outputs = self._run_models(name, inputs)
+                if outputs is None:
+                    outputs = [_guarded(lambda one=one, name=name: self._run_models(name, [one])[0])
+                               for one in inputs]
+                for i, output in zip(rows, outputs, strict=True):
+                    results[i][name] = output
         return results
 
-    def _features(self, name: str, items: np.ndarray, times: np.ndarray) -> dict[str, Any]:
+    def _run_models(self, name: str, inputs: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Flow (for flow) and the backbone over the concatenated inputs of several videos."""
+        if not inputs:
+            return []
+        counts = np.cumsum([len(one["items"]) for one in inputs])[:-1]
+        items = np.concatenate([one["items"] for one in inputs])
+        if name == "flow":
+            s = self.settings["flow"]
+            items = flow_stacks(items, s["backend"], self.flow_params, self.device,
+                                bound=float(s["bound"]))
         batch = int(self.settings[name]["batch_size"])
         features = extract_batched(self.backbones[name], items, batch).astype(np.float16)
-        return {"status": Status.DONE, "features": features, "mask": np.ones(len(features), bool),
-                "time": np.asarray(times, np.float32), "error": ""}
+        outputs = []
+        for one, part in zip(inputs, np.split(features, counts), strict=True):
+            done = {"status": Status.DONE, "features": part, "mask": np.ones(len(part), bool),
+                    "time": np.asarray(one["times"], np.float32), "error": ""}
+            if "stream" in one:
+                done["stream"] = one["stream"]
+            outputs.append(done)
+        return outputs
 
-    def _rgb(self, path: Path) -> dict[str, Any]:
+    def _read_rgb(self, path: Path) -> dict[str, Any]:
         s = self.settings["rgb"]
         sampled = read_rgb(path, s["positions"], s["resize_short"], s["crop"],
                            self._decode_limits)
-        return {**self._features("rgb", sampled.frames, sampled.times), "stream": sampled.stream}
+        return {"items": sampled.frames, "times": sampled.times, "stream": sampled.stream}
 
-    def _flow(self, path: Path) -> dict[str, Any]:
+    def _read_flow(self, path: Path) -> dict[str, Any]:
         s = self.settings["flow"]
         sampled = read_gray_stacks(path, s["positions"], s["frames_per_stack"],
                                    tuple(s["size"]), self._decode_limits)
-        stacks = flow_stacks(sampled.stacks, s["backend"], self.flow_params, self.device,
-                             bound=float(s["bound"]))
-        return {**self._features("flow", stacks, sampled.times), "stream": sampled.stream}
+        return {"items": sampled.stacks, "times": sampled.times, "stream": sampled.stream}
 
-    def _audio(self, path: Path) -> dict[str, Any]:
+    def _read_audio(self, path: Path) -> dict[str, Any]:
         s = self.settings["audio"]
         waveform = read_audio(path, SAMPLE_RATE, self._decode_limits)
         if waveform is None:
             return {"status": Status.ABSENT, "error": ""}
         patches = log_mel_patches(waveform)
         chosen = pick_evenly(len(patches.patches), s["positions"])
-        return self._features("audio", patches.patches[chosen], patches.times[chosen])
+        return {"items": patches.patches[chosen], "times": patches.times[chosen]}
+
+
+def _guarded(step: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """One modality's step; an error becomes that modality's failed result (one odd video
+    must not stop a run of thousands, nor its other modalities)."""
+    try:
+        return step()
+    except UserError as exc:
+        return {"status": Status.FAILED, "error": str(exc)}
+    except Exception as exc:  # any other error fails this modality alone
+        return {"status": Status.FAILED, "error": f"{type(exc).__name__}: {exc}"}

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from extract.device import resolve_device
 from extract.errors import UserError
 from pipeline.datasets.manifest import Manifest, load_manifest
 from pipeline.features.cooperate import block_rows, fill_together
@@ -26,6 +28,7 @@ from pipeline.features.dask_runner import (
     worker_cached,
 )
 from pipeline.features.extractor import VideoFeatureExtractor, pick_evenly
+from pipeline.features.gpu_pool import VIDEOS_PER_GPU_TASK, SplitTask, drive_auto
 from pipeline.profiles import default_profile_for, load_profile
 from pipeline.remote.leases import Leases
 from pipeline.remote.object_lock import LEASE_SECONDS
@@ -80,12 +83,7 @@ def video_outcome(result: Mapping[str, Any]) -> str:
 
 def extract_row(payload: Mapping[str, Any]) -> dict[str, Any]:
     """Dask task: features of one video. The extractor is built once per worker process."""
-    settings = payload["extractor"]
-    extractor = worker_cached(
-        config_key("extractor", settings),
-        lambda: VideoFeatureExtractor(settings["modalities"], settings["limits"],
-                                      settings["device"]),
-    )
+    extractor = _extractor(payload["extractor"])
     path = payload["path"]
     if not is_url(path):
         return extractor.extract(path, payload["modalities"])
@@ -95,6 +93,57 @@ def extract_row(payload: Mapping[str, Any]) -> dict[str, Any]:
     except UnreadableVideo as exc:
         return {name: {"status": Status.FAILED, "error": str(exc)}
                 for name in payload["modalities"]}
+
+
+def _extractor(settings: Mapping[str, Any], device: str | None = None
+               ) -> VideoFeatureExtractor:
+    """This worker process's extractor for `settings` (on `device` instead, if given)."""
+    device = device or settings["device"]
+    return worker_cached(
+        config_key("extractor", {**settings, "device": device}),
+        lambda: VideoFeatureExtractor(settings["modalities"], settings["limits"], device),
+    )
+
+
+def decode_row(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """Dask task on a CPU worker: the decoded model inputs of one video (gpu_pool). Decoding
+    does not use the device, so a CPU worker without one builds its extractor on the CPU."""
+    extractor = _extractor(payload["extractor"], "cpu")
+    path = payload["path"]
+    if not is_url(path):
+        return extractor.decode(path, payload["modalities"])
+    try:
+        with open_video(path) as video:
+            return extractor.decode(video, payload["modalities"])
+    except UnreadableVideo as exc:
+        return {name: {"status": Status.FAILED, "error": str(exc)}
+                for name in payload["modalities"]}
+
+
+def compute_rows(settings: Mapping[str, Any], decoded: list[Any]) -> list[dict[str, Any]]:
+    """Dask task on a GPU worker: the features of several decoded videos, batched together."""
+    return _extractor(settings).compute(decoded)
+
+
+def gpu_worker_count(gpu_workers: int | None, scheduler: str | None, device: str) -> int:
+    """Local GPU workers to start: as asked, else one per visible GPU when extracting on
+    CUDA without --scheduler (that cluster's workers declare their own resources)."""
+    if gpu_workers is not None or scheduler:
+        return gpu_workers or 0
+    return torch.cuda.device_count() if resolve_device(device).type == "cuda" else 0
+
+
+def _work(settings: Mapping[str, Any], scheduler: str | None, gpu_workers: int | None,
+          gpu_batch: int) -> tuple[Any, dict[str, Any]]:
+    """(task, run_tasks options): per video as always, or split stages where GPU workers may
+    be (local ones to start, or an existing cluster's, found when the run starts)."""
+    count = gpu_worker_count(gpu_workers, scheduler, settings["device"])
+    if not count and not scheduler:
+        return extract_row, {}
+    if gpu_batch < 1:
+        raise UserError(f"--gpu-batch {gpu_batch}: must be at least 1 video")
+    task = SplitTask(decode_row, compute_rows, extract_row, dict(settings), gpu_batch)
+    return task, {"driver": drive_auto, "gpu_workers": count}
 
 
 def select_videos(manifest: Manifest, limit: int | None
@@ -145,6 +194,7 @@ def run_features(
     device: str = "auto", limit: int | None = None, overwrite: bool = False,
     progress: bool = True, flush_seconds: float = 30.0, repair: bool = False,
     cooperate: bool = False, lease_s: float = LEASE_SECONDS, lease_rows: int | None = None,
+    gpu_workers: int | None = None, gpu_batch: int = VIDEOS_PER_GPU_TASK,
 ) -> FeaturesRun:
     """Extract the features of every video of a dataset into `out`, resuming where it stopped.
 
@@ -154,6 +204,9 @@ def run_features(
     `repair`) and the damaged rows are marked pending, so they are recomputed with the rest.
     With `cooperate`, other runs may fill the same store at the same time (blocks of
     `lease_rows` rows claimed with leases of `lease_s` seconds: pipeline/features/cooperate.py).
+    Workers declaring the resource GPU (`gpu_workers` local ones; by default one per GPU when
+    extracting on CUDA) run flow and the CNNs for `gpu_batch` videos at once, decoded by the
+    other workers (pipeline/features/gpu_pool.py); the store is the same.
     """
     out = as_location(out)
     if cooperate and (overwrite or repair):
@@ -164,7 +217,7 @@ def run_features(
             root=root, out=out, dataset=dataset, profile=profile, kind=kind,
             splits_dir=splits_dir, workers=workers, scheduler=scheduler, device=device,
             limit=limit, progress=progress, flush_seconds=flush_seconds, lease_s=lease_s,
-            lease_rows=lease_rows)
+            lease_rows=lease_rows, gpu_workers=gpu_workers, gpu_batch=gpu_batch)
     with store_lock(out, lease_s=lease_s):  # one run per store, refused before any work
         refuse_while_cooperating(out)
         setup = _prepare(root, dataset, profile, kind, splits_dir, device, limit)
@@ -174,10 +227,11 @@ def run_features(
         store.fence = lambda: check_still_held(out)
         todo = store.todo_rows(overwrite=overwrite)
         items = [(int(row), setup.payload(store, int(row), overwrite)) for row in todo]
+        task, split = _work(setup.settings, scheduler, gpu_workers, gpu_batch)
         with store.writer(expected_rows=todo, flush_seconds=flush_seconds) as writer:
-            summary = run_tasks(items, extract_row, on_result=writer.add, scheduler=scheduler,
+            summary = run_tasks(items, task, on_result=writer.add, scheduler=scheduler,
                                 workers=workers, progress=progress, description="videos",
-                                outcome=video_outcome)
+                                outcome=video_outcome, **split)
         return setup.result(store, summary)
 
 
@@ -224,7 +278,8 @@ def _run_cooperating(*, root: Location, out: Location, dataset: str,
                      profile: Mapping[str, Any] | str | Path | None, kind: str | None,
                      splits_dir: Path | None, workers: int | None, scheduler: str | None,
                      device: str, limit: int | None, progress: bool, flush_seconds: float,
-                     lease_s: float, lease_rows: int | None) -> FeaturesRun:
+                     lease_s: float, lease_rows: int | None, gpu_workers: int | None,
+                     gpu_batch: int) -> FeaturesRun:
     """Create or join the store under the single-run lock, then fill it with the others."""
     setup = _prepare(root, dataset, profile, kind, splits_dir, device, limit)
     with waiting_store_lock(out, lease_s) as holder:
@@ -237,9 +292,9 @@ def _run_cooperating(*, root: Location, out: Location, dataset: str,
         leases = Leases(out, holder, lease_s, holder_alive)
     summary, lost = fill_together(
         store, leases, rows=block_rows(lease_rows, store.rows_per_shard),
-        payload=lambda row: setup.payload(store, row), worker_fn=extract_row,
-        outcome=video_outcome, scheduler=scheduler, workers=workers, progress=progress,
-        flush_seconds=flush_seconds)
+        payload=lambda row: setup.payload(store, row), outcome=video_outcome,
+        scheduler=scheduler, workers=workers, progress=progress, flush_seconds=flush_seconds,
+        split=_work(setup.settings, scheduler, gpu_workers, gpu_batch))
     fresh = open_store(out)
     fresh.relisting, fresh.repaired = store.relisting, store.repaired
     return replace(setup.result(fresh, summary), left_to_others=lost)

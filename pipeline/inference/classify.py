@@ -38,6 +38,7 @@ from pipeline.train.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
 )
+from pipeline.train.config import torch_threads
 from pipeline.train.runs import newest_checkpoint
 
 
@@ -175,6 +176,7 @@ def run_model(classifier: Classifier, features: VideoFeatures
     return scores, {m: a[0].float().cpu().numpy() for m, a in attention.items()}
 
 
+@torch_threads()  # AC_TORCH_THREADS, else one thread (extraction runs at one anyway)
 def classify_one(classifier: Classifier, path: Path, top_k: int = 5,
                  explain: Path | None = None) -> dict[str, Any]:
     """One video's result dict (see classify_videos); raises nothing for a bad video."""

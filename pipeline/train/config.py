@@ -7,10 +7,15 @@ refused everywhere with the same line.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from extract.errors import UserError
 from model.attention import UNIT_KINDS
@@ -18,6 +23,37 @@ from model.network import HEADS
 
 SCHEDULES = ("none", "cosine", "step")
 PRECISIONS = ("fp32", "bf16")
+THREADS_ENV = "AC_TORCH_THREADS"  # torch CPU threads of `train` and of `classify`'s model
+DEFAULT_THREADS = 1  # 0: torch's own choice, one per core (see torch_threads)
+
+
+def threads_wanted() -> int:
+    """AC_TORCH_THREADS if set, else DEFAULT_THREADS; refused with one line if not a count."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if not value:
+        return DEFAULT_THREADS
+    if not value.isdigit():
+        raise UserError(f"{THREADS_ENV}={value!r}: expected a thread count (0: torch's default)")
+    return int(value)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None = None) -> Iterator[None]:
+    """Torch math on `count` threads (None: threads_wanted()) while the block runs.
+
+    Why one by default: these models are small, so a second thread gains little, while with
+    torch's one thread per core a core taken by another process leaves OpenMP's threads
+    spinning for each other at every operation: on a 2-core machine with one core busy a
+    toy epoch took several times as long at 2 threads as at 1 (bench/train_threads.py).
+    """
+    count = threads_wanted() if count is None else count
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from model.network import AttentionClusterNet, loss_fn
 from pipeline.atomic import write_json_atomic
 from pipeline.store.format import Split
 from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from pipeline.train.config import TrainConfig
+from pipeline.train.config import TrainConfig, torch_threads
 from pipeline.train.data import SplitData, load_split
 from pipeline.train.evaluate import predict, to_device
 from pipeline.train.metrics import (
@@ -226,6 +226,7 @@ def best_epoch_scores(path: Path, data: SplitData, config: TrainConfig, device: 
     return scores, labels
 
 
+@torch_threads()  # AC_TORCH_THREADS, else one thread: holds up on a shared machine
 def train(store: str | Path, out_dir: str | Path, config: TrainConfig,
           resume: bool = False) -> TrainResult:
     """Train on `store` (split `config.split`), validating every epoch; see module doc.

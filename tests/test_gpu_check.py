@@ -1,0 +1,44 @@
+"""`make gpu-check` (bench/gpu_check.py): one clear line without CUDA, and its dry run (the
+same steps on the CPU with tiny sizes) gives one JSON with every figure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_without_cuda_it_stops_with_one_line() -> None:
+    done = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "no CUDA device" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_dry_run_reports_every_step() -> None:
+    done = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--budget-s", "3000"],
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    tests = result["tests"]
+    assert tests["failed"] == [] and sum(tests["counts"].values()) >= 4
+    if not torch.cuda.is_available():
+        assert tests["counts"] == {"skipped": tests["counts"]["skipped"]}
+        assert any("no CUDA device" in reason for reason in tests["skip_reasons"])
+    eager = result["tvl1"]["eager"]
+    assert eager["pairs_per_s"]["2"] > 0 and 0 < eager["epe_first_2"] < 5
+    split = result["features"]["gpu_workers"]
+    assert split["gpu_workers"] == 1 and split["counts"] == {"done": 3}
+    assert split["videos_per_s"] > 0
+    assert result["classify"]["total_seconds"] > 0
+    assert set(result["classify"]["stage_seconds"]) == {"decode", "flow", "cnn", "audio",
+                                                        "model"}

@@ -1,0 +1,122 @@
+"""GPU stages that batch across videos (pipeline/features/gpu_pool.py), scheduled on CPU.
+
+A Dask worker declaring the resource GPU=1 is what makes a run split: decode tasks, then one
+model task per group of videos on that worker. Here the worker is a CPU one that declares
+the resource, so the scheduling, the batching across videos and the store it writes are
+checked without a GPU against the toy store (made per video by one worker process): bit for
+bit while a model batch stays under 16 inputs, within one float16 ulp above (see
+test_local_gpu_workers_join_the_cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from distributed import Client, LocalCluster
+
+from pipeline.features.gpu_pool import GPU, compute_group, worker_roles
+from pipeline.features.run import compute_rows, decode_row, extract_row, run_features
+from pipeline.profiles import load_profile
+from pipeline.store.format import Status
+from tests.conftest import TOY_MODALITIES
+
+FIELDS = ("features", "mask", "time", "status", "error")
+
+
+@pytest.fixture(scope="module")
+def gpu_scheduler() -> Iterator[str]:
+    """An in-process cluster whose one worker (2 threads, CPU) declares GPU=1."""
+    with LocalCluster(processes=False, n_workers=1, threads_per_worker=2,
+                      resources={GPU: 1}, dashboard_address=":0",
+                      silence_logs=logging.ERROR) as cluster:
+        yield cluster.scheduler_address
+
+
+def _assert_same_store(made: Path, reference: Path, exact: bool = True) -> None:
+    """Every array equal; or features within one float16 ulp (2**-10 relative) plus float32
+    rounding (1e-5: the largest features are about 6, float32 sums then differ by 2e-5)."""
+    one, two = zarr.open_group(reference, mode="r"), zarr.open_group(made, mode="r")
+    for name in TOY_MODALITIES:
+        assert (one[f"{name}/status"][:] == Status.DONE).sum() >= 8  # real features compared
+        for field in FIELDS:
+            got, want = two[f"{name}/{field}"][:], one[f"{name}/{field}"][:]
+            if field == "features" and not exact:
+                np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32),
+                                           rtol=2**-10, atol=1e-5, err_msg=name)
+            else:
+                np.testing.assert_array_equal(got, want, err_msg=f"{name}/{field}")
+
+
+def test_the_split_path_writes_the_store_of_the_plain_one(
+        toy_dataset: tuple[Path, Path], toy_store: Path, gpu_scheduler: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Groups of 5 videos (13 rows: 5, 5, 3, the corrupt one failing inside a group): 15
+    RGB frames and 10 flow stacks per backbone batch, so the kernels are those of one video."""
+    root, profile = toy_dataset
+    monkeypatch.setenv("AC_FLOW_COMPILE", "0")  # as toy_store was made
+    out = tmp_path / "split.zarr"
+    result = run_features(kind="ucf101", root=root, profile=load_profile(profile), out=out,
+                          dataset="toy", scheduler=gpu_scheduler, device="cpu",
+                          progress=False, gpu_batch=5)
+    assert result.run.completed == 13 and result.run.counts["failed"] == 1
+    _assert_same_store(out, toy_store)
+
+
+@pytest.mark.slow
+def test_local_gpu_workers_join_the_cluster(toy_dataset: tuple[Path, Path], toy_store: Path,
+                                            tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`features --gpu-workers 1`: one decoding process and one GPU-declaring process.
+
+    Groups of 8 videos put 24 RGB frames and 16 flow stacks in one backbone batch; from a
+    batch of 16 on, oneDNN's convolutions take another kernel on this CPU (frames alone: equal
+    up to 15 in a batch, 18 and more differ), so features may differ by one float16 ulp
+    (1e-3 relative); statuses, masks, times and errors are equal. On a GPU, cuDNN's choice
+    depends on the batch as well; the plain path's features do not depend on the batch."""
+    root, profile = toy_dataset
+    monkeypatch.setenv("AC_FLOW_COMPILE", "0")  # inherited by the worker processes
+    out = tmp_path / "local.zarr"
+    run_features(kind="ucf101", root=root, profile=load_profile(profile), out=out,
+                 dataset="toy", workers=1, gpu_workers=1, device="cpu", progress=False)
+    _assert_same_store(out, toy_store, exact=False)
+
+
+def test_only_workers_declaring_gpu_get_the_models(inprocess_scheduler: str,
+                                                   gpu_scheduler: str) -> None:
+    with Client(inprocess_scheduler) as client:
+        gpu, cpu = worker_roles(client)
+        assert gpu == [] and len(cpu) == 1
+    with Client(gpu_scheduler) as client:
+        gpu, cpu = worker_roles(client)
+        assert len(gpu) == 1 and cpu == []
+
+
+def test_a_failing_batch_fails_only_its_own_videos(toy_dataset: tuple[Path, Path]) -> None:
+    """A decoded video whose inputs break a model fails alone in that modality; its group
+    mate keeps the features it gets alone, and a video whose decode failed passes through."""
+    root, profile = toy_dataset
+    loaded = load_profile(profile)
+    settings = {"modalities": loaded["modalities"], "limits": loaded["limits"],
+                "device": "cpu"}
+    videos = sorted(root.rglob("*_c01.mp4"))[:2]
+    payloads = [{"path": str(v), "extractor": settings, "modalities": list(TOY_MODALITIES)}
+                for v in videos]
+    decoded = [decode_row(p) for p in payloads]
+    rgb = decoded[1]["rgb"]
+    broken = {**decoded[1], "rgb": {**rgb, "items": rgb["items"][..., 0]}}  # no colour axis
+    whole_failure = {"status": Status.FAILED, "error": "KilledWorker: ..."}
+    results = compute_group(compute_rows, settings, [decoded[0], broken, whole_failure])
+    alone = extract_row(payloads[0])
+    for name in TOY_MODALITIES:
+        assert results[0][name]["status"] == alone[name]["status"]
+        np.testing.assert_array_equal(results[0][name].get("features"),
+                                      alone[name].get("features"), err_msg=name)
+    assert results[1]["rgb"]["status"] == Status.FAILED and results[1]["rgb"]["error"]
+    assert results[1]["flow"]["status"] == Status.DONE
+    assert results[2] is whole_failure
+
