@@ -14,7 +14,7 @@ from extract.errors import UserError
 from pipeline.train.checkpoint import load_checkpoint
 from pipeline.train.config import TrainConfig
 from pipeline.train.loop import train
-from pipeline.train.resume import LAST_NAME, discard_other_progress
+from pipeline.training_state import LAST_NAME, discard_other_state
 from tests.fake_store import make_store
 
 
@@ -52,7 +52,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(
     out = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         train(store, out, config(), resume=True)
-    saved = load_checkpoint(out / LAST_NAME)
+    saved = torch.load(out / LAST_NAME, weights_only=True)["progress"]
     assert saved["epoch"] == 3 and len(saved["history"]) == 3
 
     monkeypatch.setattr(loop, "train_epoch", real_epoch)
@@ -85,8 +85,8 @@ def test_last_state_of_other_settings_is_refused(
     # Without resume the folder's last.pt is neither read nor written.
     fresh = train(store, tmp_path, config(lr=1e-2))
     assert len(fresh.history) == 5 and (tmp_path / LAST_NAME).exists()
-    assert not discard_other_progress(tmp_path, config())  # the same settings: kept
-    assert discard_other_progress(tmp_path, config(lr=1e-2))  # other settings: deleted
+    assert not discard_other_state(tmp_path, config().resumable_settings())  # same: kept
+    assert discard_other_state(tmp_path, config(lr=1e-2).resumable_settings())  # deleted
     assert not (tmp_path / LAST_NAME).exists()
 
 

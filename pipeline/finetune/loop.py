@@ -2,9 +2,9 @@
 
 Why resumable: fine-tuning on a CPU takes minutes per epoch and a session can end at any
 moment. After every epoch `last.pt` holds the network, optimiser and scheduler state, the
-history and torch's random state (dropout); snippets and crops are drawn from a generator
-seeded by (seed, epoch), so a resumed run makes the updates the uninterrupted one would have.
-A last.pt written with other settings (or another base network) is refused, not continued.
+history and torch's random state (dropout) (pipeline/training_state.py); snippets and crops
+are drawn from a generator seeded by (seed, epoch), so a resumed run makes the updates the
+uninterrupted one would have. A last.pt of other settings or another base network is refused.
 """
 
 from __future__ import annotations
@@ -20,13 +20,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from extract.errors import UserError
-from pipeline.atomic import write_atomic
 from pipeline.finetune.augment import centre_view, resized, train_view
 from pipeline.finetune.settings import FinetuneSettings
 from pipeline.finetune.tsn import TSN
+from pipeline.training_state import restore_training_state, save_training_state
 
-LAST_NAME = "last.pt"
 Normalise = Callable[[torch.Tensor], torch.Tensor]  # uint8 NCHW -> float on the device
 
 
@@ -78,25 +76,6 @@ def predict(model: TSN, inputs: Inputs, device: torch.device) -> np.ndarray:
     return np.stack(scores) if scores else np.zeros((0, model.head.out_features))
 
 
-def _save_progress(out_dir: Path, payload: dict[str, Any]) -> None:
-    write_atomic(out_dir / LAST_NAME, lambda stream: torch.save(payload, stream))
-
-
-def _load_progress(out_dir: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
-    path = out_dir / LAST_NAME
-    if not path.exists():
-        return None
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged file is the user's to delete, said in one line
-        raise UserError(f"{path}: unreadable ({type(exc).__name__}); delete it to start "
-                        "over") from exc
-    if saved.get("identity") != identity:
-        raise UserError(f"{path} was written by a fine-tuning run with other settings or "
-                        "another base network; delete it (or give another --out) to start over")
-    return saved
-
-
 def run_epochs(model: TSN, inputs: Inputs, settings: FinetuneSettings, out_dir: Path,
                identity: dict[str, Any], device: torch.device,
                evaluate: Callable[[np.ndarray, np.ndarray], dict[str, float]],
@@ -109,11 +88,8 @@ def run_epochs(model: TSN, inputs: Inputs, settings: FinetuneSettings, out_dir: 
                                 momentum=settings.momentum, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimiser, settings.decay_epoch, gamma=0.1)
     history: list[dict[str, Any]] = []
-    if saved := _load_progress(out_dir, identity):
-        model.load_state_dict(saved["model"])
-        optimiser.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["rng"])
+    if saved := restore_training_state(out_dir, identity=identity, model=model,
+                                       optimizer=optimiser, scheduler=scheduler):
         history = list(saved["history"])
     for epoch in range(len(history) + 1, settings.epochs + 1):
         started = time.perf_counter()
@@ -144,9 +120,6 @@ def run_epochs(model: TSN, inputs: Inputs, settings: FinetuneSettings, out_dir: 
         if progress:
             shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
             tqdm.write(f"epoch {epoch}: loss {np.mean(losses):.3f}, validation {shown}")
-        _save_progress(out_dir, {
-            "identity": identity, "model": model.state_dict(), "rng": torch.get_rng_state(),
-            "optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
-            "history": history,
-        })
+        save_training_state(out_dir, identity=identity, model=model, optimizer=optimiser,
+                            scheduler=scheduler, progress={"history": history})
     return history

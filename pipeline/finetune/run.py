@@ -26,13 +26,14 @@ from pipeline.atomic import json_text
 from pipeline.datasets.manifest import Manifest, load_manifest
 from pipeline.features.extractor import decode_limits, pick_evenly
 from pipeline.finetune.factors import factor_accuracy
-from pipeline.finetune.loop import LAST_NAME, Inputs, run_epochs
+from pipeline.finetune.loop import Inputs, run_epochs
 from pipeline.finetune.outputs import RECORD_NAME, write_outputs
 from pipeline.finetune.settings import FinetuneSettings
 from pipeline.finetune.snippets import build_snippets
 from pipeline.finetune.tsn import TSN
 from pipeline.profiles import default_profile_for, load_profile
 from pipeline.store.format import Split
+from pipeline.training_state import LAST_NAME
 
 
 @dataclass

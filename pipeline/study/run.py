@@ -72,7 +72,7 @@ from pipeline.study.settings import (
 from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.train.config import TrainConfig
 from pipeline.train.loop import train
-from pipeline.train.resume import discard_other_progress
+from pipeline.training_state import discard_other_state
 
 DATA_SEED = 0  # the dataset and the LeNet; the grid's seeds are the schedule's
 LENET_NAME = "reproduction-lenet.pt"
@@ -170,7 +170,7 @@ def cell_key(settings: Settings, fingerprint: str, cell: GridConfig) -> str:
 def train_cell(settings: Settings, store: Path, cell: GridConfig, key: str) -> dict[str, Any]:
     """Train one configuration (continuing its last saved epoch) and return its entry."""
     config, out_dir = train_config(settings, cell), settings.runs_dir / cell.name
-    if discard_other_progress(out_dir, config):
+    if discard_other_state(out_dir, config.resumable_settings()):
         log(f"{cell.name}: its last.pt was written with other settings; starting over")
     outcome = train(store, out_dir, config, resume=True)
     epochs = [h["val"]["top1"] for h in outcome.history]

@@ -22,6 +22,8 @@ from model.attention import UNIT_KINDS
 from model.network import HEADS
 
 SCHEDULES = ("none", "cosine", "step")
+# Settings that change how a run looks or where it runs, not what it computes.
+PRESENTATION_KEYS = ("progress", "device", "num_workers", "streaming", "memory_budget_gb")
 PRECISIONS = ("fp32", "bf16")
 THREADS_ENV = "AC_TORCH_THREADS"  # torch CPU threads of `train` and of `classify`'s model
 DEFAULT_THREADS = 1  # 0: torch's own choice, one per core (see torch_threads)
@@ -99,6 +101,10 @@ class TrainConfig:
         config = cls(**values)
         config.validate()
         return config
+
+    def resumable_settings(self) -> dict[str, Any]:
+        """The settings a continued run must share with the one that wrote last.pt."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in PRESENTATION_KEYS}
 
     def validate(self) -> None:
         """One clear line for an impossible setting (or one of the wrong type)."""

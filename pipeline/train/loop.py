@@ -5,7 +5,7 @@ One call, `train(store, out_dir, config)`, writes into out_dir:
                   or GAP (multi-label), ties going to the lower validation loss; see
                   pipeline/train/checkpoint.py
   last.pt         with resume=True only, while the run is unfinished: the state after the last
-                  saved epoch, from which a rerun continues (pipeline/train/resume.py)
+                  saved epoch, from which a rerun continues (pipeline/training_state.py)
   metrics.json    one entry per epoch (train loss/accuracy, optimiser steps so far,
                   validation metrics) and the total steps, rewritten with best.pt (after an
                   epoch that raised the headline metric, at least every SAVE_INTERVAL_S, after
@@ -44,7 +44,7 @@ from pipeline.train.metrics import (
     write_per_class_csv,
 )
 from pipeline.train.plots import plot_confusion, plot_curves
-from pipeline.train.resume import LAST_NAME, load_progress, save_progress
+from pipeline.training_state import LAST_NAME, restore_training_state, save_training_state
 
 
 class TrainingDiverged(Exception):
@@ -264,14 +264,15 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig,
     history: list[dict[str, Any]] = []
     best = BestEpoch(out_dir / "best.pt")
     steps, written_at, first_epoch = 0, time.monotonic(), 1
-    saved = load_progress(out_dir, model=model, optimizer=optimizer, scheduler=scheduler,
-                          config=config) if resume else None
+    saved = restore_training_state(
+        out_dir, identity=config.resumable_settings(), model=model, optimizer=optimizer,
+        scheduler=scheduler) if resume else None
     if saved is not None:
-        history, steps, first_epoch = saved.history, saved.steps, saved.epoch + 1
-        best.epoch, best.value, best.loss = (saved.best["epoch"], saved.best["value"],
-                                             saved.best["loss"])
+        history, steps, first_epoch = saved["history"], saved["steps"], saved["epoch"] + 1
+        best.epoch, best.value, best.loss = (saved["best"]["epoch"], saved["best"]["value"],
+                                             saved["best"]["loss"])
         if config.progress:
-            tqdm.write(f"resuming {out_dir} after epoch {saved.epoch} ({steps} steps)")
+            tqdm.write(f"resuming {out_dir} after epoch {saved['epoch']} ({steps} steps)")
 
     def write_history(best_epoch: int, steps: int) -> None:
         write_json_atomic(out_dir / "metrics.json", {
@@ -334,11 +335,11 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig,
             best.save()
             write_history(best.epoch, steps)
             if resume:
-                save_progress(out_dir, model=model, optimizer=optimizer, scheduler=scheduler,
-                              config=config, epoch=epoch, steps=steps, history=history,
-                              best={"epoch": best.epoch, "value": best.value,
-                                    "loss": best.loss},
-                              model_config=model.config)
+                save_training_state(
+                    out_dir, identity=config.resumable_settings(), model=model,
+                    optimizer=optimizer, scheduler=scheduler, progress={
+                        "epoch": epoch, "steps": steps, "history": history,
+                        "best": {"epoch": best.epoch, "value": best.value, "loss": best.loss}})
             written_at = time.monotonic()
         if config.progress and (epoch % math.ceil(epochs / MAX_EPOCH_LINES) == 0
                                 or epoch == epochs):
