@@ -19,6 +19,7 @@ import pytest
 import zarr
 from distributed import Client, LocalCluster
 
+from pipeline.features.extractor import VideoFeatureExtractor
 from pipeline.features.gpu_pool import GPU, compute_group, worker_roles
 from pipeline.features.run import compute_rows, decode_row, extract_row, run_features
 from pipeline.profiles import load_profile
@@ -119,4 +120,19 @@ def test_a_failing_batch_fails_only_its_own_videos(toy_dataset: tuple[Path, Path
     assert results[1]["rgb"]["status"] == Status.FAILED and results[1]["rgb"]["error"]
     assert results[1]["flow"]["status"] == Status.DONE
     assert results[2] is whole_failure
+
+
+def test_decode_workers_build_no_networks(toy_dataset: tuple[Path, Path]) -> None:
+    """A decode-only extractor holds no backbone and decodes exactly what a full one does."""
+    root, profile = toy_dataset
+    loaded = load_profile(profile)
+    video = sorted(root.rglob("*_c01.mp4"))[0]
+    bare = VideoFeatureExtractor(loaded["modalities"], loaded["limits"], "cpu", models=False)
+    full = VideoFeatureExtractor(loaded["modalities"], loaded["limits"], "cpu")
+    assert bare.backbones == {} and set(full.backbones) == set(TOY_MODALITIES)
+    got, expected = bare.decode(video), full.decode(video)
+    for name in TOY_MODALITIES:
+        assert got[name].keys() == expected[name].keys(), name
+        if "items" in expected[name]:
+            np.testing.assert_array_equal(got[name]["items"], expected[name]["items"])
 

@@ -103,17 +103,19 @@ class VideoFeatureExtractor:
     """Decoding, flow and backbones for one profile, built once and reused for many videos.
 
     `recorded` modality configs (from a store or checkpoint) rebuild the exact same backbones,
-    refusing weights files whose checksum differs.
+    refusing weights files whose checksum differs. `models=False` builds no network: the
+    decode workers of a split run (gpu_pool) only call `decode`.
     """
 
     def __init__(self, modalities: Mapping[str, Mapping[str, Any]], limits: Mapping[str, Any],
-                 device: str = "auto", recorded: Mapping[str, Mapping[str, Any]] | None = None):
+                 device: str = "auto", recorded: Mapping[str, Mapping[str, Any]] | None = None,
+                 models: bool = True):
         self.settings = {name: dict(settings) for name, settings in modalities.items()}
         self.limits = dict(limits)
         self.device = resolve_device(device)
         self._decode_limits = decode_limits(self.limits)
         self.backbones: dict[str, Backbone] = {}
-        for name, settings in self.settings.items():
+        for name, settings in self.settings.items() if models else ():
             if recorded is not None:
                 self.backbones[name] = rebuild_backbone(recorded[name]["backbone"], self.device)
                 continue

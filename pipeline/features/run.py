@@ -95,20 +95,22 @@ def extract_row(payload: Mapping[str, Any]) -> dict[str, Any]:
                 for name in payload["modalities"]}
 
 
-def _extractor(settings: Mapping[str, Any], device: str | None = None
+def _extractor(settings: Mapping[str, Any], device: str | None = None, models: bool = True
                ) -> VideoFeatureExtractor:
-    """This worker process's extractor for `settings` (on `device` instead, if given)."""
+    """This worker process's extractor for `settings` (on `device` instead, if given; without
+    networks for a worker that only decodes)."""
     device = device or settings["device"]
     return worker_cached(
-        config_key("extractor", {**settings, "device": device}),
-        lambda: VideoFeatureExtractor(settings["modalities"], settings["limits"], device),
+        config_key("extractor", {**settings, "device": device, "models": models}),
+        lambda: VideoFeatureExtractor(settings["modalities"], settings["limits"], device,
+                                      models=models),
     )
 
 
 def decode_row(payload: Mapping[str, Any]) -> dict[str, Any]:
     """Dask task on a CPU worker: the decoded model inputs of one video (gpu_pool). Decoding
-    does not use the device, so a CPU worker without one builds its extractor on the CPU."""
-    extractor = _extractor(payload["extractor"], "cpu")
+    uses neither the device nor the networks, so the worker builds neither."""
+    extractor = _extractor(payload["extractor"], "cpu", models=False)
     path = payload["path"]
     if not is_url(path):
         return extractor.decode(path, payload["modalities"])
