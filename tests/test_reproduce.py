@@ -206,3 +206,17 @@ def test_grid_order_and_options() -> None:
                           ({"source": "emnist"}, "--source")):
         with pytest.raises(UserError, match=flag):
             settings_from_options(**options)
+
+
+def test_each_grid_process_trains_with_its_share_of_the_cores(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--jobs N` gives each process cores/N threads for train (which sets its own threads
+    from AC_TORCH_THREADS), and the calling process's setting comes back afterwards."""
+    import pipeline.study.run as study_run
+    from pipeline.train.config import THREADS_ENV, threads_wanted
+
+    monkeypatch.setenv(THREADS_ENV, "1")
+    monkeypatch.setattr(study_run, "_train_cells", lambda *args: threads_wanted())
+    assert grid_worker(None, Path("."), "", threads=3) == 3  # type: ignore[arg-type]
+    assert threads_wanted() == 1
+    assert grid_worker(None, Path("."), "", threads=None) == 1  # type: ignore[arg-type]

@@ -70,7 +70,7 @@ from pipeline.study.settings import (
     unit_precision,
 )
 from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint
-from pipeline.train.config import TrainConfig
+from pipeline.train.config import THREADS_ENV, TrainConfig, threads_wanted
 from pipeline.train.loop import train
 from pipeline.training_state import discard_other_state
 
@@ -182,7 +182,7 @@ def train_cell(settings: Settings, store: Path, cell: GridConfig, key: str) -> d
         "train_top1_final": outcome.history[-1]["train_accuracy"],
         "seconds": round(outcome.seconds, 1), "steps": outcome.steps,
         "machine": f"{machine_description(resolve_device(settings.device))}, "
-                   f"{torch.get_num_threads()} thread(s)",
+                   f"{threads_wanted() or torch.get_num_threads()} thread(s)",
         "key": key,
     }
 
@@ -191,8 +191,20 @@ def grid_worker(settings: Settings, store: Path, fingerprint: str, threads: int 
     """Train every configuration nobody finished or holds, in grid order; returns how many
     this process trained. Any number of these may run at once, on one machine or several
     sharing runs/ and docs/."""
-    if threads:
-        torch.set_num_threads(threads)
+    if not threads:
+        return _train_cells(settings, store, fingerprint)
+    before = os.environ.get(THREADS_ENV)
+    os.environ[THREADS_ENV] = str(threads)  # what train's torch_threads() reads
+    try:
+        return _train_cells(settings, store, fingerprint)
+    finally:
+        if before is None:
+            os.environ.pop(THREADS_ENV)
+        else:
+            os.environ[THREADS_ENV] = before
+
+
+def _train_cells(settings: Settings, store: Path, fingerprint: str) -> int:
     cells = grid(settings.sizes, settings.units, settings.schedule)
     keys = {c.name: cell_key(settings, fingerprint, c) for c in cells}
     epochs = settings.schedule.epochs
