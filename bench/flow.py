@@ -5,7 +5,19 @@ in one process with the backends alternating round by round (the machine is shar
 makes the ratios fair), medians over rounds. Ground truth: extract/flow/truth.py (16 pairs, real
 photographs moved by translations, rotations, zooms and smooth random fields).
 
-    .venv/bin/python bench/flow.py --json [--rounds 3] [--threads N] [--cuda-batch 256]
+Threads: torch and OpenCV both get ``--threads`` (default 1: what a `features` worker gives
+torch, one worker per core), so the ratios compare one core with one core. ``torch_cpu`` is
+exactly what `features` runs by default on CPU (the ahead-of-time compiled loop of
+extract/flow/aot.py); its warm-up is measured apart, in fresh subprocesses: with empty caches
+(``default_warmup_first_run_s``, the first run on a machine, which builds the artefact) and
+then with the artefact built (``default_warmup_later_runs_s``, every later worker and run).
+Warm-up = the seconds the first flow call spends getting the compiled loop (building or
+waiting for the build, then loading), timed inside the process; ``default_warmup_runs`` adds
+each process's first and second call times (their difference, ``first_call_extra_s``, is the
+same cost plus first-call noise, seconds on a busy machine).
+
+    .venv/bin/python bench/flow.py --json [--rounds 3] [--threads 1] [--size 340 256]
+        [--params '{"nscales": 3}'] [--cuda-batch 256]
 """
 
 from __future__ import annotations
@@ -15,7 +27,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,11 +39,36 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from extract.flow.aot import CACHE_ENV  # noqa: E402
 from extract.flow.stacks import FlowParams, compute_flow  # noqa: E402
 from extract.flow.truth import TruthPair, endpoint_error, make_pairs  # noqa: E402
 from extract.flow.tvl1_torch import COMPILE_ENV  # noqa: E402
 
 RESOLUTION = (340, 256)
+# A fresh process: the first and second default-path calls on the pairs, and how the artefact
+# was obtained. Run with the caches it should see in the environment.
+_WARMUP_SCRIPT = """
+import json, sys, time
+import numpy as np, torch
+sys.path.insert(0, {repo!r})
+torch.set_num_threads({threads})
+from extract.flow.aot import inner_kernel
+from extract.flow.stacks import FlowParams, compute_flow
+from extract.flow.truth import make_pairs
+from extract.flow.tvl1_torch import check_period
+pairs = make_pairs({size!r})
+prev, nxt = np.stack([p.i0 for p in pairs]), np.stack([p.i1 for p in pairs])
+params = FlowParams(**{params!r})
+seconds = []
+for _ in range(2):
+    start = time.perf_counter()
+    compute_flow(prev, nxt, "torch", params)
+    seconds.append(time.perf_counter() - start)
+kernel = inner_kernel(check_period(params.inner_iterations, torch.device("cpu")))
+print(json.dumps({{"first_call_s": seconds[0], "second_call_s": seconds[1],
+                  "built_here": kernel.built_here, "kernel_ready_s": kernel.ready_s,
+                  "load_s": kernel.load_s, "artefact_bytes": kernel.path.stat().st_size}}))
+"""
 
 
 def _epe(flow: np.ndarray, pairs: list[TruthPair]) -> dict[str, float]:
@@ -42,60 +81,97 @@ def _epe(flow: np.ndarray, pairs: list[TruthPair]) -> dict[str, float]:
     return out
 
 
-def _timed(backend: str, prev: np.ndarray, nxt: np.ndarray, device: str,
+def _timed(backend: str, prev: np.ndarray, nxt: np.ndarray, device: str, params: FlowParams,
            compiled: bool | None = None) -> tuple[float, object]:
-    """Seconds and flow of one call; `compiled` sets AC_FLOW_COMPILE for torch (None: as is)."""
-    if compiled is not None:
+    """Seconds and flow of one call; `compiled` sets AC_FLOW_COMPILE for torch (None: unset,
+    the default)."""
+    if compiled is None:
+        os.environ.pop(COMPILE_ENV, None)
+    else:
         os.environ[COMPILE_ENV] = "1" if compiled else "0"
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    flow = compute_flow(prev, nxt, backend, FlowParams(), device)
+    flow = compute_flow(prev, nxt, backend, params, device)
     return time.perf_counter() - start, flow
 
 
-def _cuda(prev: np.ndarray, nxt: np.ndarray, pairs: list[TruthPair], batch: int) -> dict | None:
+def _warmups(size: tuple[int, int], params: FlowParams, threads: int, cache: Path) -> dict:
+    """Fresh processes on the default path: one with empty caches (ours and inductor's: a
+    machine that never ran it), then one that finds the artefact the first one built."""
+    script = _WARMUP_SCRIPT.format(repo=str(Path(__file__).resolve().parents[1]),
+                                   threads=threads, size=size, params=params.to_dict())
+    env = {k: v for k, v in os.environ.items() if k != COMPILE_ENV}
+    env |= {CACHE_ENV: str(cache), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor")}
+    runs = {}
+    for name in ("first_run", "later_runs"):
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                              text=True, check=True)
+        runs[name] = report = json.loads(done.stdout.splitlines()[-1])
+        report["first_call_extra_s"] = report["first_call_s"] - report["second_call_s"]
+    return runs
+
+
+def _cuda(prev: np.ndarray, nxt: np.ndarray, pairs: list[TruthPair], batch: int,
+          params: FlowParams) -> dict | None:
     """Pairs/s on the GPU with the pairs tiled up to ``batch``; None without CUDA."""
     if not torch.cuda.is_available():
         return None
     reps = -(-batch // len(prev))
     big_prev, big_nxt = np.tile(prev, (reps, 1, 1))[:batch], np.tile(nxt, (reps, 1, 1))[:batch]
-    _timed("torch", big_prev, big_nxt, "cuda", compiled=True)  # compile / warm up
-    seconds = [_timed("torch", big_prev, big_nxt, "cuda")[0] for _ in range(3)]
-    _, flow = _timed("torch", prev, nxt, "cuda")
+    _timed("torch", big_prev, big_nxt, "cuda", params)  # compile / warm up
+    seconds = [_timed("torch", big_prev, big_nxt, "cuda", params)[0] for _ in range(3)]
+    _, flow = _timed("torch", prev, nxt, "cuda", params)
     return {"pairs_per_s": batch / statistics.median(seconds), "epe": _epe(flow, pairs)["all"],
             "epe_by_family": _epe(flow, pairs), "batch": batch,
             "device_name": torch.cuda.get_device_name()}
 
 
-def run(rounds: int, cuda_batch: int) -> dict:
-    pairs = make_pairs(RESOLUTION)
+def run(rounds: int, cuda_batch: int, threads: int, size: tuple[int, int],
+        params: FlowParams) -> dict:
+    pairs = make_pairs(size)
     prev = np.stack([p.i0 for p in pairs])
     nxt = np.stack([p.i1 for p in pairs])
-    warmup_s, _ = _timed("torch", prev, nxt, "cpu", compiled=True)  # compiles (then cached)
-    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="flow-bench-") as temp:
+        warmups = _warmups(size, params, threads, Path(temp))
+        os.environ[CACHE_ENV] = temp  # the artefact just built: the timed rounds only load it
+        result = _rounds(rounds, prev, nxt, pairs, params)
+        result["torch_cuda"] = _cuda(prev, nxt, pairs, cuda_batch, params)
+    result.update(resolution=list(size), pairs=len(pairs), rounds=rounds,
+                  params=params.to_dict())
+    result["default_warmup_first_run_s"] = warmups["first_run"]["kernel_ready_s"]
+    result["default_warmup_later_runs_s"] = warmups["later_runs"]["kernel_ready_s"]
+    result["default_warmup_runs"] = warmups
+    return result
 
-    # torch_cpu is the compiled path (what long extraction runs should use, AC_FLOW_COMPILE=1);
-    # torch_cpu_eager is the CPU default, which starts at once.
-    seconds: dict[str, list[float]] = {"opencv": [], "torch_cpu": [], "torch_cpu_eager": [],
-                                       "dis": []}
-    flows: dict[str, np.ndarray] = {}
-    how = {"opencv": ("opencv", None), "torch_cpu": ("torch", True),
+
+def _rounds(rounds: int, prev: np.ndarray, nxt: np.ndarray, pairs: list[TruthPair],
+            params: FlowParams) -> dict:
+    """The backends alternating round by round in this process; ratios per round."""
+    _timed("torch", prev[:1], nxt[:1], "cpu", params)  # loads the artefact
+    load_before = os.getloadavg()
+    # torch_cpu: the default, as `features` runs it (compiled ahead of time on CPU);
+    # torch_cpu_eager: AC_FLOW_COMPILE=0.
+    how = {"opencv": ("opencv", None), "torch_cpu": ("torch", None),
            "torch_cpu_eager": ("torch", False), "dis": ("dis", None)}
+    seconds: dict[str, list[float]] = {name: [] for name in how}
+    flows: dict[str, np.ndarray] = {}
     for _ in range(rounds):
         for name, (backend, compiled) in how.items():
-            dt, flows[name] = _timed(backend, prev, nxt, "cpu", compiled)
+            dt, flows[name] = _timed(backend, prev, nxt, "cpu", params, compiled)
             seconds[name].append(dt)
+    os.environ.pop(COMPILE_ENV, None)
 
-    result: dict = {"resolution": list(RESOLUTION), "pairs": len(pairs), "rounds": rounds}
+    result: dict = {}
     for name in seconds:
         epe = _epe(flows[name], pairs)
         result[name] = {"pairs_per_s": len(pairs) / statistics.median(seconds[name]),
                         "epe": epe["all"], "epe_by_family": epe,
                         "seconds_per_round": seconds[name]}
-    result["torch_cuda"] = _cuda(prev, nxt, pairs, cuda_batch)
-    per_round = [o / t for o, t in zip(seconds["opencv"], seconds["torch_cpu"], strict=True)]
-    result["speedup_torch_cpu_vs_opencv"] = statistics.median(per_round)
+    for key, other in (("speedup_default_cpu_vs_opencv", "opencv"),
+                       ("speedup_default_cpu_vs_eager", "torch_cpu_eager")):
+        result[key] = statistics.median(
+            o / t for o, t in zip(seconds[other], seconds["torch_cpu"], strict=True))
     result["epe_ratio_torch_vs_opencv"] = result["torch_cpu"]["epe"] / result["opencv"]["epe"]
     result["epe_ratio_by_family"] = {
         fam: result["torch_cpu"]["epe_by_family"][fam] / result["opencv"]["epe_by_family"][fam]
@@ -107,8 +183,6 @@ def run(rounds: int, cuda_batch: int) -> dict:
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "torch": torch.__version__, "opencv": cv2.__version__,
     }
-    result["torch_cpu_warmup_s"] = warmup_s
-    result["params"] = FlowParams().to_dict()
     return result
 
 
@@ -116,22 +190,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch and OpenCV CPU threads (default 1, as a features worker)")
+    parser.add_argument("--size", type=int, nargs=2, default=RESOLUTION, metavar=("W", "H"),
+                        help="frame width and height (default 340 256)")
+    parser.add_argument("--params", type=json.loads, default={},
+                        help='TV-L1 parameters as JSON, e.g. the toy profile\'s '
+                             '\'{"nscales": 3, "warps": 2, "outer_iterations": 3, '
+                             '"inner_iterations": 10}\'')
     parser.add_argument("--cuda-batch", type=int, default=256, help="pairs per call on CUDA")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = run(args.rounds, args.cuda_batch)
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    result = run(args.rounds, args.cuda_batch, args.threads, tuple(args.size),
+                 FlowParams(**args.params))
     if args.json:
         print(json.dumps(result, indent=1))
         return
     for name in ("opencv", "torch_cpu", "torch_cpu_eager", "dis", "torch_cuda"):
         entry = result[name]
         if entry:
-            print(f"{name:10s} {entry['pairs_per_s']:8.2f} pairs/s  EPE {entry['epe']:.4f} px")
-    print(f"speedup torch_cpu vs opencv: {result['speedup_torch_cpu_vs_opencv']:.2f}x, "
-          f"EPE ratio {result['epe_ratio_torch_vs_opencv']:.3f}")
+            print(f"{name:16s} {entry['pairs_per_s']:8.2f} pairs/s  EPE {entry['epe']:.4f} px")
+    print(f"speedup default (torch_cpu) vs opencv: {result['speedup_default_cpu_vs_opencv']:.2f}x,"
+          f" EPE ratio {result['epe_ratio_torch_vs_opencv']:.3f}; warm-up "
+          f"{result['default_warmup_first_run_s']:.1f} s on a fresh machine, "
+          f"{result['default_warmup_later_runs_s']:.2f} s later")
 
 
 if __name__ == "__main__":

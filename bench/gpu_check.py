@@ -102,6 +102,7 @@ def tvl1(device: str, batches: list[int], modes: list[bool], repeats: int,
     prev, nxt = np.stack([p.i0 for p in pairs]), np.stack([p.i1 for p in pairs])
     result: dict[str, Any] = {"resolution": list(RESOLUTION), "device": device,
                               "params": params.to_dict()}
+    before = os.environ.get(COMPILE_ENV)  # given back afterwards: later steps run as asked
     for compiled in modes:
         os.environ[COMPILE_ENV] = "1" if compiled else "0"
         name = "compiled" if compiled else "eager"
@@ -120,7 +121,10 @@ def tvl1(device: str, batches: list[int], modes: list[bool], repeats: int,
         entry[f"epe_first_{few}"] = round(float(np.mean(
             [endpoint_error(f, p) for f, p in zip(flow, pairs[:few], strict=True)])), 4)
         result[name] = entry
-    os.environ.pop(COMPILE_ENV, None)
+    if before is None:
+        os.environ.pop(COMPILE_ENV, None)
+    else:
+        os.environ[COMPILE_ENV] = before
     return result
 
 

@@ -37,6 +37,9 @@ from tests.profiles import TINY_PROFILE
 SYSTEM = Path(__file__).resolve().parent / "system"
 TOY_MODALITIES = ("rgb", "flow", "audio")
 CORRUPT_ID = "RedLeftLow/v_RedLeftLow_g01_c99.mp4"
+# Eager TV-L1 in every test (and the processes they start) unless a test opts in: the compiled
+# CPU default builds its artefact once per machine, about a minute (tests/test_flow_aot.py).
+os.environ.setdefault("AC_FLOW_COMPILE", "0")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -18,13 +18,8 @@ from extract.flow.stacks import (
     quantize_flow,
 )
 from extract.flow.truth import FAMILIES, endpoint_error, make_pairs, translated_stack
-from extract.flow.tvl1_torch import (
-    inner_iterations,
-    median_filter,
-    opencv_median,
-    sorting_median,
-    tvl1,
-)
+from extract.flow.tvl1_inner import inner_iterations
+from extract.flow.tvl1_torch import median_filter, opencv_median, sorting_median
 
 SIZE = (128, 96)
 
@@ -164,25 +159,6 @@ def test_compiled_inner_iterations_match_eager(frames):
 def test_inner_iterations_have_no_graph_breaks(frames):
     explanation = torch._dynamo.explain(inner_iterations)(*_iteration_state(frames, SIZE))
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
-
-
-@pytest.mark.slow
-def test_compiled_and_eager_flows_agree(pairs, frames):
-    i0 = torch.tensor(frames[0][:4], dtype=torch.float32)[:, None]
-    i1 = torch.tensor(frames[1][:4], dtype=torch.float32)[:, None]
-    one_pass = FlowParams(nscales=1, warps=1, outer_iterations=1, median_filtering=1)
-    with torch.inference_mode():
-        eager = tvl1(i0, i1, one_pass, compile=False)
-        compiled = tvl1(i0, i1, one_pass, compile=True)
-        assert (compiled - eager).abs().max().item() < 1e-4  # the same arithmetic
-        eager = tvl1(i0, i1, FlowParams(), compile=False).numpy()
-        compiled = tvl1(i0, i1, FlowParams(), compile=True).numpy()
-    # over thousands of iterations, rounding-level differences flip a few median ties and
-    # stopping decisions: the fields agree closely on average and in accuracy, not bit for bit
-    assert np.abs(compiled - eager).mean() < 5e-3
-    for e, c, pair in zip(eager, compiled, pairs, strict=False):
-        reference = endpoint_error(e, pair)
-        assert abs(endpoint_error(c, pair) - reference) < 0.02 * reference
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

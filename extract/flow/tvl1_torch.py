@@ -14,10 +14,11 @@ changing) exactly where OpenCV would have left the loop, so a pair's result does
 its batch mates. The host looks at the mask only every ``check_every`` inner iterations (one
 sync), to leave the loop once every pair has converged.
 
-Speed: the inner iterations are pure elementwise arithmetic plus shifted reads, which
-``torch.compile`` fuses into a few loops (OpenMP C++ on CPU, Triton on CUDA), removing most of the
-memory traffic of the eager version. Compilation is per shape and is cached by PyTorch; if it
-fails we warn and fall back to eager, which computes the same thing.
+Speed: the inner iterations (extract/flow/tvl1_inner.py) are pure elementwise arithmetic plus
+shifted reads, which inductor fuses into a few loops, removing most of the memory traffic of the
+eager version: on CPU as an ahead-of-time artefact built once per machine and loaded by every
+process in milliseconds (extract/flow/aot.py), on CUDA by torch.compile (Triton, cached on disk
+by PyTorch). If compilation fails we warn and fall back to eager, which computes the same thing.
 """
 
 from __future__ import annotations
@@ -33,29 +34,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from extract.flow.aot import inner_kernel
+from extract.flow.tvl1_inner import inner_iterations
+
 if TYPE_CHECKING:
     from extract.flow.stacks import FlowParams
 
-# "0" forces eager mode, "1" compiled mode; unset: compiled on CUDA, eager on CPU
+# "0" forces eager mode; "1" or unset: compiled (CPU: ahead of time, extract/flow/aot.py)
 COMPILE_ENV = "AC_FLOW_COMPILE"
-_FLT_EPSILON = float(torch.finfo(torch.float32).eps)
-
-
-def _shift_from_left(a: torch.Tensor) -> torch.Tensor:
-    """a[..., x - 1] with zero at x = 0 (backward difference partner)."""
-    return F.pad(a[..., :-1], (1, 0))
-
-
-def _shift_from_top(a: torch.Tensor) -> torch.Tensor:
-    """a[..., y - 1, :] with zero at y = 0."""
-    return F.pad(a[..., :-1, :], (0, 0, 1, 0))
-
-
-def _forward_gradient(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward differences, zero on the last column/row (the adjoint of the divergence below)."""
-    ux = F.pad(u[..., 1:] - u[..., :-1], (0, 1))
-    uy = F.pad(u[..., 1:, :] - u[..., :-1, :], (0, 0, 0, 1))
-    return ux, uy
 
 
 def _centred_gradient(img: torch.Tensor) -> torch.Tensor:
@@ -64,48 +50,6 @@ def _centred_gradient(img: torch.Tensor) -> torch.Tensor:
     gx = 0.5 * (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2])
     gy = 0.5 * (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1])
     return torch.cat([gx, gy], dim=1)
-
-
-def inner_iterations(
-    u: torch.Tensor,
-    px: torch.Tensor,
-    py: torch.Tensor,
-    active: torch.Tensor,
-    i1w_grad: torch.Tensor,
-    grad_sq: torch.Tensor,
-    rho_c: torch.Tensor,
-    l_t: float,
-    theta: float,
-    taut: float,
-    threshold: float,
-    count: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run ``count`` TV-L1 inner iterations on all pairs; frozen pairs (active False) stay put.
-
-    u (B,2,H,W) flow; px, py (B,2,H,W) dual variable (x and y parts, per flow component);
-    active (B,) bool; i1w_grad (B,2,H,W) warped gradient of I1; grad_sq, rho_c (B,1,H,W).
-    """
-    keep = active.view(-1, 1, 1, 1)
-    for _ in range(count):
-        # thresholding step: v = u + shift, the three cases of rho against lambda*theta*|grad|^2
-        rho = rho_c + (i1w_grad * u).sum(dim=1, keepdim=True)
-        bound = l_t * grad_sq
-        middle = torch.where(grad_sq > _FLT_EPSILON, -rho / grad_sq, torch.zeros_like(rho))
-        step = torch.where(rho < -bound, l_t, torch.where(rho > bound, -l_t, middle))
-        v = u + step * i1w_grad
-        # primal update with the divergence (backward differences) of the dual variable
-        div = px - _shift_from_left(px) + py - _shift_from_top(py)
-        u_new = v + theta * div
-        change = (u_new - u).square().mean(dim=(1, 2, 3))
-        u_new = torch.where(keep, u_new, u)
-        # dual update with the forward gradient of the new flow
-        ux, uy = _forward_gradient(u_new)
-        norm = 1.0 + taut * torch.sqrt(ux.square() + uy.square())
-        px = torch.where(keep, (px + taut * ux) / norm, px)
-        py = torch.where(keep, (py + taut * uy) / norm, py)
-        u = u_new
-        keep = keep & (change > threshold).view(-1, 1, 1, 1)
-    return u, px, py, keep.view(-1)
 
 
 def _batcher_comparators(n: int) -> list[tuple[int, int]]:
@@ -222,16 +166,14 @@ def warp(images: torch.Tensor, u: torch.Tensor, interpolation: str) -> torch.Ten
 
 
 def compile_wanted(compile: bool | None, device: torch.device) -> bool:
-    """Explicit choice, else AC_FLOW_COMPILE=0/1, else compile on CUDA only.
+    """Explicit choice, else AC_FLOW_COMPILE=0/1, else compiled on every device.
 
-    On CPU, compiling costs 35 s to 5 minutes per worker process (then cached on disk) for a
-    3.2x gain at 340x256 (4.75 vs 1.47 pairs/s, docs/benchmarks.md), which only pays over long
-    runs: opt in with AC_FLOW_COMPILE=1.
+    Compiled means, on CPU, the ahead-of-time artefact of extract/flow/aot.py (built once per
+    machine, then a few milliseconds per worker) and, on CUDA, torch.compile.
     """
     if compile is not None:
         return compile
-    choice = os.environ.get(COMPILE_ENV, "")
-    return choice != "0" if choice else device.type == "cuda"
+    return os.environ.get(COMPILE_ENV, "") != "0"
 
 
 @functools.cache
@@ -242,29 +184,40 @@ def _compiled(fn: Callable) -> Callable:
 
 
 class _Kernels:
-    """The hot functions, compiled when asked, falling back to eager (same maths) on failure."""
+    """The hot functions, compiled when asked, falling back to eager (same maths) on failure.
 
-    def __init__(self, compile: bool) -> None:
+    On CPU only the inner loop is compiled (ahead of time): the median runs in OpenCV, and
+    nothing calls torch.compile, whose tracing costs every fresh process many seconds.
+    """
+
+    def __init__(self, compile: bool, device: torch.device) -> None:
         self.compile = compile
+        self.cpu = device.type == "cpu"
+        self._inner: Callable | None = None  # looked up once per call of tvl1
 
-    def _call(self, fn: Callable, *args: object) -> object:
+    def _call(self, compiled: Callable[[], Callable], fn: Callable, *args: object) -> object:
         if self.compile:
             try:
-                return _compiled(fn)(*args)
+                return compiled()(*args)
             except Exception as exc:  # compilation depends on the toolchain; eager is equivalent
-                warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); "
+                warnings.warn(f"TV-L1 compilation failed ({type(exc).__name__}: {exc}); "
                               f"TV-L1 falls back to eager mode", RuntimeWarning, stacklevel=3)
                 self.compile = False
         return fn(*args)
 
     def inner(self, *args: object) -> tuple[torch.Tensor, ...]:
-        return self._call(inner_iterations, *args)
+        def compiled() -> Callable:
+            if self._inner is None:  # args[-1]: the block length, fixed within one tvl1 call
+                self._inner = inner_kernel(args[-1]) if self.cpu else _compiled(inner_iterations)
+            return self._inner
+
+        return self._call(compiled, inner_iterations, *args)
 
     def median(self, u: torch.Tensor, size: int) -> torch.Tensor:
-        if u.device.type == "cpu" and size in (3, 5):  # OpenCV's SIMD median beats both below
+        if self.cpu and size in (3, 5):  # OpenCV's SIMD median beats both below
             return opencv_median(u, size)
-        if self.compile:
-            return self._call(median_filter(size), u)
+        if self.compile and not self.cpu:
+            return self._call(lambda: _compiled(median_filter(size)), median_filter(size), u)
         return sorting_median(u, size)  # one op instead of ~200 in eager mode; same values
 
 
@@ -291,7 +244,7 @@ def _pyramid(img: torch.Tensor, nscales: int, scale_step: float) -> list[torch.T
     return levels
 
 
-def _check_period(inner: int, device: torch.device) -> int:
+def check_period(inner: int, device: torch.device) -> int:
     """Inner iterations between host checks of the stopping rule: a divisor of ``inner``.
 
     On CPU a check costs nothing, so we check often (fewer wasted masked iterations); on CUDA
@@ -347,8 +300,8 @@ def tvl1(
     i0: torch.Tensor, i1: torch.Tensor, params: FlowParams, compile: bool | None = None
 ) -> torch.Tensor:
     """Flow (B,2,H,W) from I0 to I1, both (B,1,H,W) float32 in 0..255, on their own device."""
-    kernels = _Kernels(compile_wanted(compile, i0.device))
-    period = _check_period(params.inner_iterations, i0.device)
+    kernels = _Kernels(compile_wanted(compile, i0.device), i0.device)
+    period = check_period(params.inner_iterations, i0.device)
     mode = "bicubic" if params.interpolation == "bicubic" else "bilinear"
 
     pyr0 = _pyramid(i0, params.nscales, params.scale_step)
