@@ -29,7 +29,7 @@ features: $(STAMP)
 ## finetune: MODALITY=rgb|flow: that backbone of the profile trained TSN-style on split 1 -> runs/$(DATASET)/finetune-$(MODALITY)-split1/ (resumes if interrupted)
 MODALITY ?= flow
 finetune: $(STAMP)
-	$(CLI) finetune $(DATASET) --modality $(MODALITY) --device $(DEVICE)
+	$(CLI) finetune $(DATASET) --modality $(MODALITY) --device $(DEVICE) $(ARGS)
 
 ## train: the Attention Clusters classifier on features/$(DATASET).zarr -> runs/$(DATASET)/<time>/
 train: $(STAMP)
@@ -75,6 +75,7 @@ bench: $(STAMP)
 	$(PY) bench/decode.py --json
 	$(PY) bench/flow.py --json
 	$(PY) bench/extract.py --json
+	$(PY) bench/extract.py --toy --json
 	$(PY) bench/train.py --json
 	$(PY) bench/classify.py --json
 

@@ -24,13 +24,17 @@ from pipeline.atomic import json_text
               help="TSN's K: snippets per video in each training step.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="[0.001 rgb, 0.005 flow]")
+@click.option("--flip/--no-flip", default=True, show_default=True,
+              help="TSN's horizontal flips; --no-flip where mirroring changes the class "
+                   "(the toy set's Left/Right).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
 @click.option("--max-videos", type=click.IntRange(min=1), help="At most N train + N val.")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 def finetune(dataset: str, modality: str, root: Path | None, config: str | None,
              kind: str | None, splits: Path | None, split: int, out: Path | None, epochs: int,
-             segments: int, batch_size: int, lr: float | None, seed: int, device: str,
+             segments: int, batch_size: int, lr: float | None, flip: bool, seed: int,
+             device: str,
              max_videos: int | None, as_json: bool) -> None:
     """Fine-tune the profile's RGB or flow backbone TSN-style (docs/backbones.md); rerun to
     resume. Writes MODALITY.pth, its sha256 and finetune.json for `backbone.weights_file`."""
@@ -39,7 +43,8 @@ def finetune(dataset: str, modality: str, root: Path | None, config: str | None,
     from pipeline.finetune.settings import FinetuneSettings
 
     settings = FinetuneSettings(modality=modality, split=split, epochs=epochs,
-                                segments=segments, batch_size=batch_size, lr=lr, seed=seed)
+                                segments=segments, batch_size=batch_size, lr=lr, flip=flip,
+                                seed=seed)
     out = out or Path("runs") / dataset / f"finetune-{modality}-split{split}"
     record = run_finetune(dataset=dataset, root=root or Path("data") / dataset,
                           modality=modality, out=out, profile=config, kind=kind,

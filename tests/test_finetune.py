@@ -18,7 +18,7 @@ from extract.backbones.registry import build_backbone
 from extract.errors import UserError
 from extract.flow.stacks import dequantize_flow, flow_stacks
 from pipeline.features.extractor import VideoFeatureExtractor
-from pipeline.finetune.augment import SCALES, flip, jitter_box
+from pipeline.finetune.augment import SCALES, flip, jitter_box, train_view
 from pipeline.finetune.factors import factor_accuracy
 from pipeline.finetune.loop import segment_choices
 from pipeline.finetune.outputs import write_outputs
@@ -73,6 +73,24 @@ def test_crops_and_segments_follow_tsn():
         assert 0 <= chosen[0] < 3 and 2 <= chosen[1] < 6 and 5 <= chosen[2] < 8
     assert segment_choices(np.random.default_rng(4), 4, 3) == segment_choices(
         np.random.default_rng(4), 4, 3)
+
+
+def test_no_flip_keeps_the_direction_and_the_same_crops():
+    """--no-flip (the toy set, where Left/Right is the class): every view is the unmirrored
+    crop that the flipping run takes, so only the mirroring differs."""
+    snippet = np.random.default_rng(1).integers(0, 256, (10, 48, 64), dtype=np.uint8)
+    with_flips, without, boxes = (np.random.default_rng(7) for _ in range(3))
+    mirrored = 0
+    for _ in range(40):
+        top, left, h, w = jitter_box(boxes, 48, 64)
+        boxes.random()  # the flip draw
+        crop = snippet[:, top : top + h, left : left + w]
+        a, b = train_view(with_flips, snippet, "flow"), train_view(without, snippet, "flow",
+                                                                    flips=False)
+        assert np.array_equal(b, crop)
+        assert np.array_equal(a, crop) or np.array_equal(a, flip(crop, "flow"))
+        mirrored += not np.array_equal(a, crop)
+    assert 5 < mirrored < 35  # the flipping run mirrored about half of the same views
 
 
 def test_factor_accuracy_reads_toy_class_names():

@@ -39,11 +39,14 @@ def jitter_box(rng: np.random.Generator, height: int, width: int) -> tuple[int, 
     return top, left, crop_h, crop_w
 
 
-def train_view(rng: np.random.Generator, snippet: np.ndarray, modality: str) -> np.ndarray:
-    """One augmented uint8 (C, h, w) view of a (C, H, W) snippet (resized later, as float)."""
+def train_view(rng: np.random.Generator, snippet: np.ndarray, modality: str,
+               flips: bool = True) -> np.ndarray:
+    """One augmented uint8 (C, h, w) view of a (C, H, W) snippet (resized later, as float);
+    mirrored half the time when `flips`."""
     top, left, crop_h, crop_w = jitter_box(rng, *snippet.shape[1:])
     view = snippet[:, top : top + crop_h, left : left + crop_w]
-    return flip(view, modality) if rng.random() < 0.5 else np.ascontiguousarray(view)
+    mirrored = rng.random() < 0.5  # drawn either way: the crops do not depend on `flips`
+    return flip(view, modality) if flips and mirrored else np.ascontiguousarray(view)
 
 
 def centre_view(snippet: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:

@@ -51,13 +51,13 @@ def segment_choices(rng: np.random.Generator, positions: int, segments: int) -> 
 
 
 def train_batch(inputs: Inputs, rows: Sequence[int], rng: np.random.Generator,
-                segments: int, device: torch.device) -> torch.Tensor:
+                segments: int, device: torch.device, flips: bool = True) -> torch.Tensor:
     """(B, K, C, H, W) augmented, normalised snippets of the videos `rows`."""
     views = []
     for row in rows:
         snippets = inputs.data[int(row)]
         for index in segment_choices(rng, len(snippets), segments):
-            view = train_view(rng, snippets[index], inputs.modality)
+            view = train_view(rng, snippets[index], inputs.modality, flips)
             normalised = inputs.normalise(torch.from_numpy(view)[None])
             views.append(resized(normalised, inputs.train_size))
     batch = torch.cat(views).to(device)
@@ -103,7 +103,7 @@ def run_epochs(model: TSN, inputs: Inputs, settings: FinetuneSettings, out_dir: 
                    disable=not progress)
         for picked in bar:
             snippets = train_batch(inputs, inputs.train_rows[picked], rng, settings.segments,
-                                   device)
+                                   device, settings.flip)
             labels = torch.as_tensor(inputs.train_labels[picked], device=device)
             loss = F.cross_entropy(model(snippets), labels)
             optimiser.zero_grad(set_to_none=True)

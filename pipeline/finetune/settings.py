@@ -37,6 +37,9 @@ class FinetuneSettings:
     dropout: float | None = None  # None: TSN's for the modality
     clip_grad: float = 40.0
     partial_bn: bool = True
+    # TSN's horizontal flips assume a mirrored video shows the same class; off where the
+    # class is the direction (the toy set's Left/Right: a flip would swap the labels).
+    flip: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
