@@ -56,7 +56,7 @@ def test_killed_finetune_resumes_to_the_same_weights(toy_dataset: tuple[Path, Pa
                     timeout_s=300, poll_s=0.05)
     kill_group_when(finetune_command(root, profile, killed), ROOT,
                     lambda: (killed / "last.pt").exists(), timeout_s=300, poll_s=0.05)
-    saved = torch.load(killed / "last.pt", weights_only=True)
+    saved = torch.load(killed / "last.pt", weights_only=True)["progress"]
     assert 1 <= len(saved["history"]) < EPOCHS
     result = subprocess.run(finetune_command(root, profile, killed), cwd=ROOT,
                             capture_output=True, text=True)
