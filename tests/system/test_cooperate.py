@@ -20,47 +20,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 
-from pipeline.features.run import run_features
-from pipeline.profiles import load_profile
 from pipeline.remote import objects
 from pipeline.remote.leases import live_blocks
-from pipeline.store.format import Status
 from pipeline.store.lock import holder_alive
-from tests.hostile import clip_dataset
+from tests.clip_runs import FIELDS as CLIP_FIELDS
+from tests.clip_runs import clips_and_clean_store, complete_rows, store_arrays
 from tests.processes import ROOT
-from tests.profiles import CHEAP_PROFILE
 
-MODALITIES = ("rgb", "flow", "audio")
-FIELDS = ("features", "mask", "time", "status", "error", "stream")
+FIELDS = (*CLIP_FIELDS, "stream")
 VIDEOS = 24
-
-
-def arrays(location: str | Path) -> dict[str, np.ndarray]:
-    group = zarr.open_group(location, mode="r")
-    return {f"{m}/{f}": group[f"{m}/{f}"][:] for m in MODALITIES for f in FIELDS}
-
-
-def complete(url: str) -> np.ndarray:
-    try:
-        group = zarr.open_group(url, mode="r")
-        done = np.ones(group["rgb/status"].shape[0], dtype=bool)
-        for name in MODALITIES:
-            done &= np.isin(group[f"{name}/status"][:], (Status.DONE, Status.ABSENT))
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError, OSError):
-        return np.zeros(0, dtype=np.int64)
-    return np.flatnonzero(done)
 
 
 @pytest.mark.slow  # three extractions of 24 clips and a lease expiry: ~60 s here
 def test_two_cooperating_runs_one_frozen_then_killed(s3_bucket: str, tmp_path: Path) -> None:
-    root = clip_dataset(tmp_path / "clips", VIDEOS)
-    profile = tmp_path / "cheap.yaml"
-    profile.write_text(CHEAP_PROFILE)
-    clean = tmp_path / "clean.zarr"
-    run_features(kind="folder", root=root, profile=load_profile(profile), out=clean,
-                 dataset="clips", workers=1, device="cpu", progress=False)
+    root, profile, clean = clips_and_clean_store(tmp_path, VIDEOS)
     url = f"{s3_bucket}/features/clips.zarr"
     command = [sys.executable, str(ROOT / "cli.py"), "features", "clips", "--root", str(root),
                "--config", str(profile), "--out", url, "--workers", "1", "--device", "cpu",
@@ -70,11 +44,11 @@ def test_two_cooperating_runs_one_frozen_then_killed(s3_bucket: str, tmp_path: P
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
-        while len(complete(url)) < 4 and first.poll() is None and time.monotonic() < deadline:
+        while len(complete_rows(url)) < 4 and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         os.killpg(first.pid, signal.SIGSTOP)
         assert first.poll() is None, "the first run ended before it could be stopped"
-        by_first = complete(url)
+        by_first = complete_rows(url)
         assert 4 <= len(by_first) < VIDEOS, by_first
         leases = objects.files_under(f"{s3_bucket}/features/.clips.zarr.leases")
         assert any(name.startswith("block-") for name in leases), leases
@@ -86,8 +60,8 @@ def test_two_cooperating_runs_one_frozen_then_killed(s3_bucket: str, tmp_path: P
     finished = re.search(r"finished: (\d+)/(\d+) items", second.stdout)
     assert finished is not None, second.stdout[-2000:]
     assert int(finished.group(1)) == VIDEOS - len(by_first), (finished.group(0), by_first)
-    assert len(complete(url)) == VIDEOS
-    result, reference = arrays(url), arrays(clean)
+    assert len(complete_rows(url)) == VIDEOS
+    result, reference = store_arrays(url, FIELDS), store_arrays(clean, FIELDS)
     for key, expected in reference.items():
         np.testing.assert_array_equal(result[key], expected, err_msg=key)
     # B released every block it held; what is left is the killed run's, and counts as dead

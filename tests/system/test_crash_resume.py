@@ -19,55 +19,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 
-from pipeline.features.run import run_features
-from pipeline.profiles import load_profile
 from pipeline.store.create import partial_path
-from pipeline.store.format import Status
-from tests.hostile import clip_dataset
+from tests.clip_runs import clips_and_clean_store, complete_rows, store_arrays
 from tests.processes import ROOT, kill_group_when
-from tests.profiles import CHEAP_PROFILE
 
-MODALITIES = ("rgb", "flow", "audio")
-FIELDS = ("features", "mask", "time", "status", "error")
 VIDEOS = 12
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(dataset root, profile, store of an uninterrupted run)."""
-    base = tmp_path_factory.mktemp("crash")
-    root = clip_dataset(base / "clips", VIDEOS)
-    profile = base / "cheap.yaml"
-    profile.write_text(CHEAP_PROFILE)
-    clean = base / "clean.zarr"
-    run_features(kind="folder", root=root, profile=load_profile(profile), out=clean,
-                 dataset="clips", workers=1, device="cpu", progress=False)
-    return root, profile, clean
-
-
-def arrays(path: Path) -> dict[str, np.ndarray]:
-    group = zarr.open_group(path, mode="r")
-    return {f"{m}/{f}": group[f"{m}/{f}"][:] for m in MODALITIES for f in FIELDS}
-
-
-def complete_rows(out: Path) -> np.ndarray:
-    """Rows every modality has finished (done or absent), read from the store on disk.
-
-    Read while the command writes: a shard file may be replaced (atomically) between reading
-    its index and its chunks, which zarr reports as a RuntimeError; the next poll retries.
-    """
-    if not (out / "zarr.json").exists() or not (out / "audio" / "status").exists():
-        return np.zeros(0, dtype=np.int64)
-    try:
-        group = zarr.open_group(out, mode="r")
-        done = np.ones(group["rgb/status"].shape[0], dtype=bool)
-        for name in MODALITIES:
-            done &= np.isin(group[f"{name}/status"][:], (Status.DONE, Status.ABSENT))
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError):
-        return np.zeros(0, dtype=np.int64)  # the store is still being created
-    return np.flatnonzero(done)
+    return clips_and_clean_store(tmp_path_factory.mktemp("crash"), VIDEOS)
 
 
 def features_command(root: Path, profile: Path, out: Path) -> list[str]:
@@ -87,7 +50,7 @@ def kill_at_random(command: list[str], out: Path, rng: np.random.Generator) -> i
 
 def resume_trials(toy: tuple[Path, Path, Path], base: Path, trials: int, seed: int) -> None:
     root, profile, clean = toy
-    reference = arrays(clean)
+    reference = store_arrays(clean)
     rng = np.random.default_rng(seed)
     for trial in range(trials):
         out = base / f"trial{trial}.zarr"
@@ -105,7 +68,7 @@ def resume_trials(toy: tuple[Path, Path, Path], base: Path, trials: int, seed: i
         assert finished is not None, resumed.stdout[-2000:]
         assert int(finished.group(1)) == int(finished.group(2)) == left, (trial, left)
         assert len(complete_rows(out)) == VIDEOS
-        result = arrays(out)
+        result = store_arrays(out)
         for key, expected in reference.items():
             np.testing.assert_array_equal(result[key], expected, err_msg=f"trial {trial} {key}")
 
@@ -130,7 +93,7 @@ def test_kill_9_while_the_store_is_created_then_resume(toy: tuple[Path, Path, Pa
     resumed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert not partial_path(out).exists()
-    result, reference = arrays(out), arrays(clean)
+    result, reference = store_arrays(out), store_arrays(clean)
     for key, expected in reference.items():
         np.testing.assert_array_equal(result[key], expected, err_msg=key)
 

@@ -17,49 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 
-from pipeline.features.run import run_features
-from pipeline.profiles import load_profile
 from pipeline.remote import creation, objects
-from pipeline.store.format import Status
-from tests.hostile import clip_dataset
+from tests.clip_runs import clips_and_clean_store, complete_rows, store_arrays
 from tests.processes import ROOT, kill_group_when
-from tests.profiles import CHEAP_PROFILE
 
-MODALITIES = ("rgb", "flow", "audio")
-FIELDS = ("features", "mask", "time", "status", "error")
 VIDEOS = 12
 
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(dataset root, profile, store of an uninterrupted run on disk)."""
-    base = tmp_path_factory.mktemp("s3-crash")
-    root = clip_dataset(base / "clips", VIDEOS)
-    profile = base / "cheap.yaml"
-    profile.write_text(CHEAP_PROFILE)
-    clean = base / "clean.zarr"
-    run_features(kind="folder", root=root, profile=load_profile(profile), out=clean,
-                 dataset="clips", workers=1, device="cpu", progress=False)
-    return root, profile, clean
-
-
-def arrays(location: str | Path) -> dict[str, np.ndarray]:
-    group = zarr.open_group(location, mode="r")
-    return {f"{m}/{f}": group[f"{m}/{f}"][:] for m in MODALITIES for f in FIELDS}
-
-
-def complete_rows(url: str) -> int:
-    """Rows every modality has finished, read from the bucket while the command writes."""
-    try:
-        group = zarr.open_group(url, mode="r")
-        done = np.ones(group["rgb/status"].shape[0], dtype=bool)
-        for name in MODALITIES:
-            done &= np.isin(group[f"{name}/status"][:], (Status.DONE, Status.ABSENT))
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError, OSError):
-        return 0  # not created yet
-    return int(done.sum())
+    return clips_and_clean_store(tmp_path_factory.mktemp("s3-crash"), VIDEOS)
 
 
 def command(root: Path, profile: Path, out: str) -> list[str]:
@@ -84,14 +53,14 @@ def test_kill_9_mid_run_on_s3_then_resume(clips: tuple[Path, Path, Path],
     root, profile, clean = clips
     url = f"{s3_bucket}/features/clips.zarr"
     args = command(root, profile, url)
-    kill_group_when(args, ROOT, lambda: complete_rows(url) >= 3, timeout_s=300, poll_s=0.1)
-    left = VIDEOS - complete_rows(url)
+    kill_group_when(args, ROOT, lambda: len(complete_rows(url)) >= 3, timeout_s=300, poll_s=0.1)
+    left = VIDEOS - len(complete_rows(url))
     assert 0 < left < VIDEOS - 2, left
     lock = f"{s3_bucket}/features/.clips.zarr.lock"
     assert objects.exists(lock), "the killed run's lock object stays behind"
     assert resume(args) == left  # taken over at once: a dead pid of this host
     assert not objects.exists(lock)
-    result, reference = arrays(url), arrays(clean)
+    result, reference = store_arrays(url), store_arrays(clean)
     for key, expected in reference.items():
         np.testing.assert_array_equal(result[key], expected, err_msg=key)
 
@@ -115,6 +84,6 @@ def test_kill_9_while_the_store_is_created_on_s3(clips: tuple[Path, Path, Path],
     assert creation.interrupted(url), "the kill did not land during the creation"
     assert resume(args) == VIDEOS
     assert not objects.exists(f"{url}/{creation.MARKER}")
-    result, reference = arrays(url), arrays(clean)
+    result, reference = store_arrays(url), store_arrays(clean)
     for key, expected in reference.items():
         np.testing.assert_array_equal(result[key], expected, err_msg=key)
