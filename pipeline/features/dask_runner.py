@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -30,6 +31,7 @@ from distributed import Client, LocalCluster, as_completed
 from distributed.scheduler import KilledWorker
 
 from extract.errors import UserError
+from pipeline.features.worker_malloc import LOCAL_WORKER_CONFIG, malloc_note, slow_malloc_workers
 from pipeline.store.format import Status
 
 T = TypeVar("T")
@@ -153,6 +155,8 @@ def dask_client(
                 f"cannot reach the Dask scheduler at {scheduler} (--scheduler): {_describe(exc)}"
             ) from exc
         with client:
+            if note := malloc_note(slow_malloc_workers(client)):
+                print(note, file=sys.stderr, flush=True)
             yield client
         return
     count, threads = local_cluster_size(workers)
@@ -161,16 +165,18 @@ def dask_client(
     # no innocent queued task is blamed (and failed) with it.
     settings = {"distributed.scheduler.allowed-failures": retries,
                 "distributed.scheduler.worker-saturation": 1.0}
-    with dask.config.set(settings), _sigint_blocked():
-        cluster = LocalCluster(
-            n_workers=count,
-            threads_per_worker=threads_per_worker,
-            processes=True,
-            env=env,
-            dashboard_address=":0",
-            silence_logs=logging.ERROR,
-        )
-    with cluster, Client(cluster) as client:
+    # The malloc setting stays set while the cluster lives: GPU workers join it later.
+    with dask.config.set(LOCAL_WORKER_CONFIG), contextlib.ExitStack() as own:
+        with dask.config.set(settings), _sigint_blocked():
+            cluster = own.enter_context(LocalCluster(
+                n_workers=count,
+                threads_per_worker=threads_per_worker,
+                processes=True,
+                env=env,
+                dashboard_address=":0",
+                silence_logs=logging.ERROR,
+            ))
+        client = own.enter_context(Client(cluster))
         if gpu_workers:
             _add_gpu_workers(cluster, gpu_workers, env)
             client.wait_for_workers(count + gpu_workers)
