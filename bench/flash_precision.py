@@ -55,10 +55,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for unit, units, epochs in QUICK_RUNS if args.quick else RUNS:
             cell = GridConfig(unit, units, shifting=True, seed=0)
-            base = dataclasses.replace(train_config(settings, cell), epochs=epochs)
             outcome, seconds = {}, {}
             for precision in ("fp32", "bf16"):
-                config = dataclasses.replace(base, precision=precision)
+                config = dataclasses.replace(train_config(settings, cell, precision),
+                                             epochs=epochs)
                 started = time.perf_counter()
                 outcome[precision] = train(args.store, Path(scratch) / f"{cell.name}-{precision}",
                                            config)

@@ -71,16 +71,26 @@ def restore_training_state(out_dir: Path, *, identity: dict[str, Any], model: to
     return dict(saved["progress"])
 
 
+def saved_progress(out_dir: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(identity, progress) of out_dir/last.pt; None when there is none or it is unreadable."""
+    path = out_dir / LAST_NAME
+    if not path.exists():
+        return None
+    try:
+        saved = _read(path)
+    except UserError:  # unreadable: as good as absent
+        return None
+    return saved["identity"], dict(saved.get("progress") or {})
+
+
 def discard_other_state(out_dir: Path, identity: dict[str, Any]) -> bool:
     """Delete a last.pt written with other settings (True when one was deleted): for callers
     that own the folder and would rather start over than stop, such as the study's grid."""
     path = out_dir / LAST_NAME
     if not path.exists():
         return False
-    try:
-        same = _read(path)["identity"] == identity
-    except UserError:  # unreadable: as good as absent
-        same = False
+    saved = saved_progress(out_dir)
+    same = saved is not None and saved[0] == identity
     if not same:
         path.unlink()
     return not same

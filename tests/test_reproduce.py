@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 from pathlib import Path
 
 import matplotlib.image
@@ -25,15 +26,19 @@ from pipeline.study.attention import attention_mass
 from pipeline.study.flash_features import class_names, frame_features
 from pipeline.study.ledger import claim, current_results, read_ledger
 from pipeline.study.lenet import LeNet, load_lenet, parameter_count
-from pipeline.study.run import LENET_NAME, grid_worker, reproduce
+from pipeline.study.run import LENET_NAME, cell_cost, grid_worker, reproduce, train_config
 from pipeline.study.settings import (
     AUTHORS,
     QUICK,
     QUICK_SIZES,
+    GridConfig,
     Settings,
+    allowed_precisions,
     grid,
     settings_from_options,
 )
+from pipeline.study.step_cost import measure_step_cost
+from pipeline.training_state import save_training_state
 
 NAMES = {"avg-n001-noshift-s0", "linear-n002-shift-s0", "linear-n002-noshift-s0",
          "avg-n001-noshift-s1", "linear-n002-shift-s1", "linear-n002-noshift-s1"}
@@ -202,7 +207,7 @@ def test_grid_order_and_options() -> None:
     assert custom.schedule.name == "authors (custom: {'epochs': 30, 'precision': 'fp32'})"
     for options, flag in (({"sizes": "four"}, "--sizes"), ({"sizes": "0,4"}, "--sizes"),
                           ({"units": "conv"}, "--units"), ({"epochs": 0}, "--epochs"),
-                          ({"precision": "fp16"}, "--precision"),
+                          ({"precision": "fp16"}, "--precision"), ({"hours": 0}, "--hours"),
                           ({"source": "emnist"}, "--source")):
         with pytest.raises(UserError, match=flag):
             settings_from_options(**options)
@@ -220,3 +225,52 @@ def test_each_grid_process_trains_with_its_share_of_the_cores(
     assert grid_worker(None, Path("."), "", threads=3) == 3  # type: ignore[arg-type]
     assert threads_wanted() == 1
     assert grid_worker(None, Path("."), "", threads=None) == 1  # type: ignore[arg-type]
+
+
+def test_the_step_probe_times_each_allowed_precision_and_leaves_the_random_state() -> None:
+    assert allowed_precisions(AUTHORS, "linear") == ("fp32", "bf16")
+    assert allowed_precisions(AUTHORS, "mlp_shared") == ("fp32",)  # bf16 cost it 18 points
+    forced = dataclasses.replace(AUTHORS, precision="bf16")
+    assert allowed_precisions(forced, "mlp_shared") == ("bf16",)
+    network = {"num_classes": 16, "unit": "linear", "shifting": True, "dropout": 0.5,
+               "head": "linear", "hidden": 8}
+    before = torch.get_rng_state()
+    cost = measure_step_cost(4, network, (25, 50), 8, ("fp32", "bf16"), torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), before)  # the training after it is unchanged
+    assert set(cost.milliseconds) == {"fp32", "bf16"} and min(cost.milliseconds.values()) > 0
+    assert cost.step_ms == min(cost.milliseconds.values())
+    only = measure_step_cost(4, network, (25, 50), 8, ("fp32",), torch.device("cpu"))
+    assert only.precision == "fp32" and list(only.milliseconds) == ["fp32"]
+
+
+def test_a_deadline_leaves_what_would_not_finish_for_the_next_run(
+        tiny_run: tuple[Settings, dict], tmp_path: Path, capsys) -> None:
+    settings, _ = tiny_run
+    store = settings.data_dir / "features.zarr"
+    fingerprint = json.dumps(open_store(store).modalities["digits"].config, sort_keys=True)
+    late = dataclasses.replace(settings, runs_dir=tmp_path / "runs", docs_dir=tmp_path / "docs",
+                               deadline=time.time() + 1e-3)  # nothing fits any more
+    assert grid_worker(late, store, fingerprint, threads=None) == 0
+    assert read_ledger(late.docs_dir) == {}
+    skipped = [line for line in capsys.readouterr().out.splitlines() if "skipped" in line]
+    assert len(skipped) == len(NAMES) and all("ms per step" in line for line in skipped)
+
+
+def test_a_saved_state_keeps_its_precision_and_counts_its_epochs(
+        tiny_run: tuple[Settings, dict], tmp_path: Path) -> None:
+    settings, _ = tiny_run
+    store = settings.data_dir / "features.zarr"
+    ours = dataclasses.replace(settings, runs_dir=tmp_path / "runs",
+                               schedule=dataclasses.replace(QUICK, epochs=4))
+    cell = GridConfig("linear", 2, True, 0)
+    fresh, fresh_needs = cell_cost(ours, store, cell)
+    assert set(fresh.milliseconds) == {"fp32", "bf16"}  # both timed, the faster chosen
+    model = torch.nn.Linear(2, 2)
+    save_training_state(ours.runs_dir / cell.name,
+                        identity=train_config(ours, cell, "bf16").resumable_settings(),
+                        model=model, optimizer=torch.optim.Adam(model.parameters()),
+                        scheduler=None, progress={"epoch": 3})
+    resumed, needs = cell_cost(ours, store, cell)
+    assert resumed.precision == "bf16" and list(resumed.milliseconds) == ["bf16"]
+    # one epoch of four left: about a quarter of the fresh estimate at the same step time
+    assert needs == pytest.approx(fresh_needs / 4 * resumed.step_ms / fresh.step_ms)

@@ -172,8 +172,10 @@ def precision_line(precision: str, units: Sequence[str]) -> str:
         return f"every configuration's training forward pass in {precision}"
     half = [UNIT_LABELS[u] for u in ("avg", *units) if u in BF16_UNITS]
     full = [UNIT_LABELS[u] for u in units if u not in BF16_UNITS]
-    return (f"the training forward pass under bf16 autocast for {' and '.join(half) or 'no'} "
-            f"units, in fp32 for {' and '.join(full) or 'no'} units")
+    return (f"the training forward pass in fp32 for {' and '.join(full) or 'no'} units; for "
+            f"{' and '.join(half) or 'no'} units under bf16 autocast where a few timed steps "
+            f"of the configuration found it faster on the machine, else fp32 (each result "
+            f"records its `precision` and `step_ms`)")
 
 
 def timing_text(results: Sequence[dict[str, Any]]) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import time
@@ -34,6 +35,7 @@ from extract.errors import UserError
 from pipeline.datasets.generated.digits import load_digit_pools
 from pipeline.datasets.generated.flash_mnist import STORE_NAME, generate_flash_mnist
 from pipeline.store.feature_store import open_store
+from pipeline.store.format import Split
 from pipeline.study.attention import (
     attention_mass,
     feature_norms,
@@ -66,16 +68,20 @@ from pipeline.study.settings import (
     PUBLIC,
     GridConfig,
     Settings,
+    allowed_precisions,
     grid,
-    unit_precision,
 )
+from pipeline.study.step_cost import StepCost, measure_step_cost
 from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint
-from pipeline.train.config import THREADS_ENV, TrainConfig, threads_wanted
+from pipeline.train.config import THREADS_ENV, TrainConfig, threads_wanted, torch_threads
 from pipeline.train.loop import train
-from pipeline.training_state import discard_other_state
+from pipeline.training_state import discard_other_state, saved_progress
 
 DATA_SEED = 0  # the dataset and the LeNet; the grid's seeds are the schedule's
 LENET_NAME = "reproduction-lenet.pt"
+# Training time over the optimiser steps alone: the test pass after every epoch (10,240 videos
+# forward only, against 1,600 training steps of 64) and the checkpoint writes.
+EVAL_OVERHEAD = 1.1
 
 
 def log(message: str) -> None:
@@ -146,30 +152,65 @@ def prepare_features(settings: Settings, dataset: Path, lenet, device: torch.dev
     return store_path, fingerprint
 
 
-def train_config(settings: Settings, cell: GridConfig) -> TrainConfig:
+def train_config(settings: Settings, cell: GridConfig, precision: str) -> TrainConfig:
     schedule = settings.schedule
     return TrainConfig.from_dict({
         "split": 1, "modalities": [MODALITY], "epochs": schedule.epochs,
         "batch_size": BATCH_SIZE, "lr": schedule.lr, "hidden": schedule.hidden,
         "clusters": {MODALITY: cell.units}, "unit": cell.unit, "shifting": cell.shifting,
         "dropout": DROPOUT, "head": "linear", "seed": cell.seed, "device": settings.device,
-        "streaming": "off", "precision": unit_precision(schedule, cell.unit),
-        "progress": settings.progress,
+        "streaming": "off", "precision": precision, "progress": settings.progress,
     })
 
 
 def cell_key(settings: Settings, fingerprint: str, cell: GridConfig) -> str:
-    """What a configuration's result depends on, except the epochs (recorded beside it)."""
-    settings_used = dataclasses.asdict(train_config(settings, cell))
+    """What a configuration's result depends on, except the epochs (recorded beside it). The
+    precision is the schedule's policy: with "auto" the machine picks among precisions of
+    equal accuracy (step_cost.py), as it picks the device."""
+    settings_used = dataclasses.asdict(train_config(settings, cell, "fp32"))
     for presentation in ("device", "progress", "epochs"):
         settings_used.pop(presentation)
+    settings_used["precision"] = settings.schedule.precision  # the policy, not its outcome
     text = json.dumps({"features": fingerprint, "train": settings_used}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def train_cell(settings: Settings, store: Path, cell: GridConfig, key: str) -> dict[str, Any]:
+def saved_epochs(settings: Settings, cell: GridConfig) -> dict[str, int]:
+    """{precision: epochs done} for a last.pt this configuration can continue (at most one)."""
+    saved = saved_progress(settings.runs_dir / cell.name)
+    if saved is None:
+        return {}
+    identity, progress = saved
+    return {p: int(progress.get("epoch", 0))
+            for p in allowed_precisions(settings.schedule, cell.unit)
+            if identity == train_config(settings, cell, p).resumable_settings()}
+
+
+def cell_cost(settings: Settings, store: Path, cell: GridConfig) -> tuple[StepCost, float]:
+    """The precision the configuration trains in (a last.pt keeps the one it started in), its
+    step time here, and the seconds its training still needs at that rate (EVAL_OVERHEAD for
+    the test pass after every epoch)."""
+    started = saved_epochs(settings, cell)
+    features = open_store(store)
+    modality = features.modalities[MODALITY]
+    network = {"num_classes": len(features.classes), "unit": cell.unit,
+               "shifting": cell.shifting, "dropout": DROPOUT, "head": "linear",
+               "hidden": settings.schedule.hidden}
+    cost = measure_step_cost(cell.units, network, (modality.positions, modality.dim),
+                             BATCH_SIZE,
+                             tuple(started) or allowed_precisions(settings.schedule, cell.unit),
+                             resolve_device(settings.device))
+    train_rows = int((features.splits[:, 0] == Split.TRAIN).sum())
+    epochs_left = max(settings.schedule.epochs - started.get(cost.precision, 0), 0)
+    steps = epochs_left * math.ceil(train_rows / BATCH_SIZE)
+    return cost, steps * cost.step_ms / 1000 * EVAL_OVERHEAD
+
+
+def train_cell(settings: Settings, store: Path, cell: GridConfig, key: str,
+               cost: StepCost) -> dict[str, Any]:
     """Train one configuration (continuing its last saved epoch) and return its entry."""
-    config, out_dir = train_config(settings, cell), settings.runs_dir / cell.name
+    config = train_config(settings, cell, cost.precision)
+    out_dir = settings.runs_dir / cell.name
     if discard_other_state(out_dir, config.resumable_settings()):
         log(f"{cell.name}: its last.pt was written with other settings; starting over")
     outcome = train(store, out_dir, config, resume=True)
@@ -181,6 +222,7 @@ def train_cell(settings: Settings, store: Path, cell: GridConfig, key: str) -> d
         "val_top1_per_epoch": epochs,
         "train_top1_final": outcome.history[-1]["train_accuracy"],
         "seconds": round(outcome.seconds, 1), "steps": outcome.steps,
+        "precision": cost.precision, "step_ms": cost.milliseconds,
         "machine": f"{machine_description(resolve_device(settings.device))}, "
                    f"{threads_wanted() or torch.get_num_threads()} thread(s)",
         "key": key,
@@ -216,8 +258,16 @@ def _train_cells(settings: Settings, store: Path, fingerprint: str) -> int:
             if not mine or finished(read_ledger(settings.docs_dir), cell.name,
                                     keys[cell.name], epochs):
                 continue  # another process trains it, or just finished it
-            log(f"[{index}/{len(cells)}] {cell.name}: training {epochs} epochs")
-            result = train_cell(settings, store, cell, keys[cell.name])
+            with torch_threads():
+                cost, needs = cell_cost(settings, store, cell)
+            if settings.deadline is not None and time.time() + needs > settings.deadline:
+                log(f"[{index}/{len(cells)}] {cell.name}: skipped, it needs about "
+                    f"{needs / 60:.0f} min ({cost.step_ms:.1f} ms per step) and the deadline "
+                    f"is in {(settings.deadline - time.time()) / 60:.0f} min")
+                continue
+            log(f"[{index}/{len(cells)}] {cell.name}: training {epochs} epochs in "
+                f"{cost.precision} ({cost.milliseconds} ms per step; about {needs / 60:.0f} min)")
+            result = train_cell(settings, store, cell, keys[cell.name], cost)
             ledger = update_ledger(settings.docs_dir, {}, result, keys)
         refresh_docs(settings, keys, store)
         trained += 1

@@ -7,6 +7,7 @@ validation (a bad value is a UserError: one line, exit code 1).
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,11 @@ from extract.errors import UserError
 from pipeline.train.config import PRECISIONS
 
 PRECISION_CHOICES = ("auto", *PRECISIONS)
-# Units whose training forward pass runs under bf16 autocast with precision "auto": those where
-# bench/flash_precision.py found the test accuracy unchanged (linear: 42.19% fp32 vs 42.15%
-# bf16 after 8 epochs at N=8, 2.8x as fast). The two-layer scorer lost 18 points under bf16
-# (71.8% vs 53.6%) and ran slower, so it stays fp32. Average pooling shares the linear head.
+# Units whose training forward pass may run under bf16 autocast with precision "auto" (where it
+# is faster on the machine: step_cost.py): those where bench/flash_precision.py found the test
+# accuracy unchanged (linear: 42.19% fp32 vs 42.15% bf16 after 8 epochs at N=8). The two-layer
+# scorer lost 18 points under bf16 (71.8% vs 53.6%), so it stays fp32. Average pooling shares
+# the linear head.
 BF16_UNITS = ("avg", "linear")
 
 SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -83,11 +85,12 @@ class GridConfig:
                 f"-s{self.seed}")
 
 
-def unit_precision(schedule: Schedule, unit: str) -> str:
-    """The training precision of one configuration."""
+def allowed_precisions(schedule: Schedule, unit: str) -> tuple[str, ...]:
+    """The precisions a configuration may train in: the forced one, or with "auto" fp32 and,
+    for BF16_UNITS, bf16 too (step_cost.py picks the faster on the machine)."""
     if schedule.precision != "auto":
-        return schedule.precision
-    return "bf16" if unit in BF16_UNITS else "fp32"
+        return (schedule.precision,)
+    return ("fp32", "bf16") if unit in BF16_UNITS else ("fp32",)
 
 
 @dataclass
@@ -104,6 +107,7 @@ class Settings:
     runs_dir: Path = Path("runs/flash-mnist-grid")
     docs_dir: Path = Path("docs")
     progress: bool = True
+    deadline: float | None = None  # time.time() by which every started configuration must end
 
 
 def grid(sizes: Sequence[int], units: Sequence[str], schedule: Schedule) -> list[GridConfig]:
@@ -156,7 +160,8 @@ def parse_units(text: str) -> tuple[str, ...]:
 
 def settings_from_options(
     *, quick: bool = False, epochs: int | None = None, precision: str | None = None,
-    sizes: str | None = None, units: str | None = None, source: str = "sklearn",
+    sizes: str | None = None, units: str | None = None, hours: float | None = None,
+    source: str = "sklearn",
     mnist_dir: Path | None = None, device: str = "auto", data_dir: Path | None = None,
     runs_dir: Path | None = None, docs_dir: Path | None = None, progress: bool = True,
 ) -> Settings:
@@ -166,6 +171,8 @@ def settings_from_options(
     schedule = schedule_from_options(quick, epochs=epochs, precision=precision)
     if source not in SOURCES:
         raise UserError(f"--source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if hours is not None and not hours > 0:
+        raise UserError(f"--hours must be positive, got {hours}")
     defaults = Settings()
     return Settings(
         schedule=schedule,
@@ -173,4 +180,5 @@ def settings_from_options(
         units=parse_units(units) if units is not None else UNITS,
         source=source, mnist_dir=mnist_dir, device=device,
         data_dir=data_dir or defaults.data_dir, runs_dir=runs_dir or defaults.runs_dir,
-        docs_dir=docs_dir or defaults.docs_dir, progress=progress)
+        docs_dir=docs_dir or defaults.docs_dir, progress=progress,
+        deadline=time.time() + 3600 * hours if hours else None)
