@@ -7,10 +7,11 @@ photographs moved by translations, rotations, zooms and smooth random fields).
 
 Threads: torch and OpenCV both get ``--threads`` (default 1: what a `features` worker gives
 torch, one worker per core), so the ratios compare one core with one core. ``torch_cpu`` is
-exactly what `features` runs by default on CPU (the ahead-of-time compiled loop of
-extract/flow/aot.py); its warm-up is measured apart, in fresh subprocesses: with empty caches
-(``default_warmup_first_run_s``, the first run on a machine, which builds the artefact) and
-then with the artefact built (``default_warmup_later_runs_s``, every later worker and run).
+exactly what `features` runs by default on CPU (the C inner loop of extract/flow/native.py),
+``torch_cpu_inductor`` the ahead-of-time inductor loop it falls back to (extract/flow/aot.py,
+``AC_FLOW_NATIVE=0``); the default's warm-up is measured apart, in fresh subprocesses: with
+empty caches (``default_warmup_first_run_s``, the first run on a machine, which builds the
+library) and then with it built (``default_warmup_later_runs_s``, every later worker and run).
 Warm-up = the seconds the first flow call spends getting the compiled loop (building or
 waiting for the build, then loading), timed inside the process; ``default_warmup_runs`` adds
 each process's first and second call times (their difference, ``first_call_extra_s``, is the
@@ -42,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from extract.flow.aot import CACHE_ENV  # noqa: E402
 from extract.flow.stacks import FlowParams, compute_flow  # noqa: E402
 from extract.flow.truth import TruthPair, endpoint_error, make_pairs  # noqa: E402
-from extract.flow.tvl1_torch import COMPILE_ENV  # noqa: E402
+from extract.flow.tvl1_torch import COMPILE_ENV, NATIVE_ENV  # noqa: E402
 
 RESOLUTION = (340, 256)
 # A fresh process: the first and second default-path calls on the pairs, and how the artefact
@@ -52,10 +53,9 @@ import json, sys, time
 import numpy as np, torch
 sys.path.insert(0, {repo!r})
 torch.set_num_threads({threads})
-from extract.flow.aot import inner_kernel
+from extract.flow.native import native_inner
 from extract.flow.stacks import FlowParams, compute_flow
 from extract.flow.truth import make_pairs
-from extract.flow.tvl1_torch import check_period
 pairs = make_pairs({size!r})
 prev, nxt = np.stack([p.i0 for p in pairs]), np.stack([p.i1 for p in pairs])
 params = FlowParams(**{params!r})
@@ -64,7 +64,7 @@ for _ in range(2):
     start = time.perf_counter()
     compute_flow(prev, nxt, "torch", params)
     seconds.append(time.perf_counter() - start)
-kernel = inner_kernel(check_period(params.inner_iterations, torch.device("cpu")))
+kernel = native_inner()
 print(json.dumps({{"first_call_s": seconds[0], "second_call_s": seconds[1],
                   "built_here": kernel.built_here, "kernel_ready_s": kernel.ready_s,
                   "load_s": kernel.load_s, "artefact_bytes": kernel.path.stat().st_size}}))
@@ -82,13 +82,14 @@ def _epe(flow: np.ndarray, pairs: list[TruthPair]) -> dict[str, float]:
 
 
 def _timed(backend: str, prev: np.ndarray, nxt: np.ndarray, device: str, params: FlowParams,
-           compiled: bool | None = None) -> tuple[float, object]:
-    """Seconds and flow of one call; `compiled` sets AC_FLOW_COMPILE for torch (None: unset,
-    the default)."""
-    if compiled is None:
-        os.environ.pop(COMPILE_ENV, None)
-    else:
-        os.environ[COMPILE_ENV] = "1" if compiled else "0"
+           compiled: bool | None = None, native: bool | None = None) -> tuple[float, object]:
+    """Seconds and flow of one call; `compiled` sets AC_FLOW_COMPILE and `native`
+    AC_FLOW_NATIVE for torch (None: unset, the default)."""
+    for name, value in ((COMPILE_ENV, compiled), (NATIVE_ENV, native)):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = "1" if value else "0"
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -101,7 +102,7 @@ def _warmups(size: tuple[int, int], params: FlowParams, threads: int, cache: Pat
     machine that never ran it), then one that finds the artefact the first one built."""
     script = _WARMUP_SCRIPT.format(repo=str(Path(__file__).resolve().parents[1]),
                                    threads=threads, size=size, params=params.to_dict())
-    env = {k: v for k, v in os.environ.items() if k != COMPILE_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in (COMPILE_ENV, NATIVE_ENV)}
     env |= {CACHE_ENV: str(cache), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor")}
     runs = {}
     for name in ("first_run", "later_runs"):
@@ -148,19 +149,23 @@ def run(rounds: int, cuda_batch: int, threads: int, size: tuple[int, int],
 def _rounds(rounds: int, prev: np.ndarray, nxt: np.ndarray, pairs: list[TruthPair],
             params: FlowParams) -> dict:
     """The backends alternating round by round in this process; ratios per round."""
-    _timed("torch", prev[:1], nxt[:1], "cpu", params)  # loads the artefact
+    _timed("torch", prev[:1], nxt[:1], "cpu", params)  # loads the C loop
+    _timed("torch", prev[:1], nxt[:1], "cpu", params, native=False)  # builds the artefact
     load_before = os.getloadavg()
-    # torch_cpu: the default, as `features` runs it (compiled ahead of time on CPU);
+    # torch_cpu: the default, as `features` runs it (on CPU the C inner loop);
+    # torch_cpu_inductor: AC_FLOW_NATIVE=0 (the ahead-of-time inductor loop, the fallback);
     # torch_cpu_eager: AC_FLOW_COMPILE=0.
-    how = {"opencv": ("opencv", None), "torch_cpu": ("torch", None),
-           "torch_cpu_eager": ("torch", False), "dis": ("dis", None)}
+    how = {"opencv": ("opencv", None, None), "torch_cpu": ("torch", None, None),
+           "torch_cpu_inductor": ("torch", None, False),
+           "torch_cpu_eager": ("torch", False, None), "dis": ("dis", None, None)}
     seconds: dict[str, list[float]] = {name: [] for name in how}
     flows: dict[str, np.ndarray] = {}
     for _ in range(rounds):
-        for name, (backend, compiled) in how.items():
-            dt, flows[name] = _timed(backend, prev, nxt, "cpu", params, compiled)
+        for name, (backend, compiled, native) in how.items():
+            dt, flows[name] = _timed(backend, prev, nxt, "cpu", params, compiled, native)
             seconds[name].append(dt)
-    os.environ.pop(COMPILE_ENV, None)
+    for name in (COMPILE_ENV, NATIVE_ENV):
+        os.environ.pop(name, None)
 
     result: dict = {}
     for name in seconds:
@@ -169,6 +174,7 @@ def _rounds(rounds: int, prev: np.ndarray, nxt: np.ndarray, pairs: list[TruthPai
                         "epe": epe["all"], "epe_by_family": epe,
                         "seconds_per_round": seconds[name]}
     for key, other in (("speedup_default_cpu_vs_opencv", "opencv"),
+                       ("speedup_default_cpu_vs_inductor", "torch_cpu_inductor"),
                        ("speedup_default_cpu_vs_eager", "torch_cpu_eager")):
         result[key] = statistics.median(
             o / t for o, t in zip(seconds[other], seconds["torch_cpu"], strict=True))
@@ -207,7 +213,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=1))
         return
-    for name in ("opencv", "torch_cpu", "torch_cpu_eager", "dis", "torch_cuda"):
+    for name in ("opencv", "torch_cpu", "torch_cpu_inductor", "torch_cpu_eager", "dis",
+                 "torch_cuda"):
         entry = result[name]
         if entry:
             print(f"{name:16s} {entry['pairs_per_s']:8.2f} pairs/s  EPE {entry['epe']:.4f} px")

@@ -1,5 +1,6 @@
-"""The CPU default TV-L1: the ahead-of-time artefact, its cache folder, one build per machine
-(even when workers start together), loads in fresh processes, and the eager fallback."""
+"""The CPU TV-L1's inductor artefact (what runs where the C loop of tests/test_flow_native.py
+cannot be built; AC_FLOW_NATIVE=0 here): its cache folder, one build per machine (even when
+workers start together), loads in fresh processes, and the eager fallback."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 from extract.flow import aot
 from extract.flow.stacks import FlowParams, compute_flow
 from extract.flow.truth import FAMILIES, endpoint_error, make_pairs
-from extract.flow.tvl1_torch import COMPILE_ENV, compile_wanted, tvl1
+from extract.flow.tvl1_torch import COMPILE_ENV, NATIVE_ENV, compile_wanted, tvl1
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (128, 96)
@@ -101,6 +102,7 @@ def test_a_failed_build_leaves_no_file_and_the_next_try_builds(tmp_path):
 
 def test_a_failing_compile_warns_once_and_gives_the_eager_flow(monkeypatch, tmp_path):
     monkeypatch.setenv(aot.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(NATIVE_ENV, "0")
     attempts = []
 
     def no_compiler(dest: Path, count: int) -> None:
@@ -124,7 +126,8 @@ def test_a_failing_compile_warns_once_and_gives_the_eager_flow(monkeypatch, tmp_
     assert not list(tmp_path.glob("*.pt2"))
 
 
-# A fresh process on the default path (AC_FLOW_COMPILE unset), one torch thread as a worker.
+# A fresh process on the compiled path (AC_FLOW_COMPILE unset) with the inductor artefact
+# (AC_FLOW_NATIVE=0), one torch thread as a worker.
 _FRESH = """
 import json, sys
 import numpy as np, torch
@@ -148,7 +151,7 @@ def two_fresh_processes(tmp_path_factory):
     folder = tmp_path_factory.mktemp("flow-cache")
     env = {k: v for k, v in os.environ.items() if k != COMPILE_ENV}
     env |= {aot.CACHE_ENV: str(folder), "TORCHINDUCTOR_CACHE_DIR": str(folder / "inductor"),
-            "PYTHONPATH": str(REPO)}
+            "PYTHONPATH": str(REPO), NATIVE_ENV: "0"}
     reports, flows = [], []
     for i in range(2):
         out = folder / f"flow{i}.npy"
@@ -181,6 +184,7 @@ def test_the_artefact_flow_matches_eager_and_opencv(two_fresh_processes, monkeyp
         monkeypatch.setenv(COMPILE_ENV, "0")
         eager = compute_flow(prev, nxt, "torch")
         monkeypatch.setenv(COMPILE_ENV, "1")
+        monkeypatch.setenv(NATIVE_ENV, "0")
         monkeypatch.setenv(aot.CACHE_ENV, str(folder))  # loads what the processes built
         one_pass = FlowParams(nscales=1, warps=1, outer_iterations=1, median_filtering=1)
         compiled_one = compute_flow(prev[:4], nxt[:4], "torch", one_pass)

@@ -15,10 +15,10 @@ its batch mates. The host looks at the mask only every ``check_every`` inner ite
 sync), to leave the loop once every pair has converged.
 
 Speed: the inner iterations (extract/flow/tvl1_inner.py) are pure elementwise arithmetic plus
-shifted reads, which inductor fuses into a few loops, removing most of the memory traffic of the
-eager version: on CPU as an ahead-of-time artefact built once per machine and loaded by every
-process in milliseconds (extract/flow/aot.py), on CUDA by torch.compile (Triton, cached on disk
-by PyTorch). If compilation fails we warn and fall back to eager, which computes the same thing.
+shifted reads. On CPU they run as one fused C pass per iteration (extract/flow/tvl1_inner.c,
+built once per machine: extract/flow/native.py), else as an ahead-of-time inductor artefact
+(extract/flow/aot.py); on CUDA inductor fuses them by torch.compile (Triton, cached on disk by
+PyTorch). If compilation fails we warn and fall back to eager, which computes the same thing.
 """
 
 from __future__ import annotations
@@ -35,13 +35,16 @@ import torch
 import torch.nn.functional as F
 
 from extract.flow.aot import inner_kernel
+from extract.flow.native import NativeInner, native_inner
 from extract.flow.tvl1_inner import inner_iterations
 
 if TYPE_CHECKING:
     from extract.flow.stacks import FlowParams
 
-# "0" forces eager mode; "1" or unset: compiled (CPU: ahead of time, extract/flow/aot.py)
+# "0" forces eager mode; "1" or unset: compiled (CPU: the C loop of extract/flow/native.py,
+# else ahead of time by inductor, extract/flow/aot.py)
 COMPILE_ENV = "AC_FLOW_COMPILE"
+NATIVE_ENV = "AC_FLOW_NATIVE"  # "0": on CPU the inductor artefact instead of the C loop
 
 
 def _centred_gradient(img: torch.Tensor) -> torch.Tensor:
@@ -186,14 +189,31 @@ def _compiled(fn: Callable) -> Callable:
 class _Kernels:
     """The hot functions, compiled when asked, falling back to eager (same maths) on failure.
 
-    On CPU only the inner loop is compiled (ahead of time): the median runs in OpenCV, and
-    nothing calls torch.compile, whose tracing costs every fresh process many seconds.
+    On CPU only the inner loop is compiled: in C (extract/flow/native.py), else ahead of time
+    by inductor; the median runs in OpenCV, and nothing calls torch.compile, whose tracing
+    costs every fresh process many seconds.
     """
 
     def __init__(self, compile: bool, device: torch.device) -> None:
         self.compile = compile
         self.cpu = device.type == "cpu"
         self._inner: Callable | None = None  # looked up once per call of tvl1
+        self.native = self._native() if compile and self.cpu else None
+
+    @staticmethod
+    def _native() -> NativeInner | None:
+        if os.environ.get(NATIVE_ENV, "") == "0":
+            return None
+        try:
+            return native_inner()
+        except Exception as exc:  # no C compiler here: the inductor artefact computes the same
+            warnings.warn(f"native TV-L1 loop unavailable ({type(exc).__name__}: {exc}); "
+                          f"using the compiled torch loop", RuntimeWarning, stacklevel=3)
+            return None
+
+    def period(self, inner: int, device: torch.device) -> int:
+        """Inner iterations per call: the C loop stops each pair itself, so it runs them all."""
+        return inner if self.native is not None else check_period(inner, device)
 
     def _call(self, compiled: Callable[[], Callable], fn: Callable, *args: object) -> object:
         if self.compile:
@@ -206,6 +226,9 @@ class _Kernels:
         return fn(*args)
 
     def inner(self, *args: object) -> tuple[torch.Tensor, ...]:
+        if self.native is not None:
+            return self.native(*args)
+
         def compiled() -> Callable:
             if self._inner is None:  # args[-1]: the block length, fixed within one tvl1 call
                 self._inner = inner_kernel(args[-1]) if self.cpu else _compiled(inner_iterations)
@@ -301,7 +324,7 @@ def tvl1(
 ) -> torch.Tensor:
     """Flow (B,2,H,W) from I0 to I1, both (B,1,H,W) float32 in 0..255, on their own device."""
     kernels = _Kernels(compile_wanted(compile, i0.device), i0.device)
-    period = check_period(params.inner_iterations, i0.device)
+    period = kernels.period(params.inner_iterations, i0.device)
     mode = "bicubic" if params.interpolation == "bicubic" else "bilinear"
 
     pyr0 = _pyramid(i0, params.nscales, params.scale_step)
