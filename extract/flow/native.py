@@ -77,12 +77,12 @@ class NativeInner:
                  active: torch.Tensor, i1w_grad: torch.Tensor, grad_sq: torch.Tensor,
                  rho_c: torch.Tensor, l_t: float, theta: float, taut: float, threshold: float,
                  count: int) -> tuple[torch.Tensor, ...]:
+        if u.device.type != "cpu":
+            raise ValueError("the native TV-L1 loop runs on CPU tensors only")
         # New tensors, as the Python loop returns: the caller may still hold the inputs.
         u, px, py = (t.to(torch.float32, copy=True).contiguous() for t in (u, px, py))
         active = active.to(torch.bool, copy=True).contiguous()
         data = [t.to(torch.float32).contiguous() for t in (i1w_grad, grad_sq, rho_c)]
-        if u.device.type != "cpu":
-            raise ValueError("the native TV-L1 loop runs on CPU tensors only")
         batch, _, height, width = u.shape
         status = self._fn(u.data_ptr(), px.data_ptr(), py.data_ptr(), active.data_ptr(),
                           *(t.data_ptr() for t in data), batch, height, width,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 import time
@@ -202,7 +201,7 @@ def cell_cost(settings: Settings, store: Path, cell: GridConfig) -> tuple[StepCo
                              resolve_device(settings.device))
     train_rows = int((features.splits[:, 0] == Split.TRAIN).sum())
     epochs_left = max(settings.schedule.epochs - started.get(cost.precision, 0), 0)
-    steps = epochs_left * math.ceil(train_rows / BATCH_SIZE)
+    steps = epochs_left * train_config(settings, cell, cost.precision).steps_per_epoch(train_rows)
     return cost, steps * cost.step_ms / 1000 * EVAL_OVERHEAD
 
 
