@@ -22,8 +22,9 @@ from commands.options import device_option
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Training processes at once (each gets a share of the cores).")
 @click.option("--hours", type=float,
-              help="Start only configurations expected to finish within this many hours "
-                   "(from their measured step time); the others wait for the next run.")
+              help="Stop within this many hours: configurations start when their measured "
+                   "step time says all their epochs end in time, or at least 30 of them (then "
+                   "cut short at the deadline and labelled); the others wait for a next run.")
 @click.option("--source", default="sklearn", show_default=True,
               help="Digits: sklearn, mnist (needs --mnist-dir), download or auto.")
 @click.option("--mnist-dir", type=click.Path(path_type=Path),

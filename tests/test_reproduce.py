@@ -18,6 +18,7 @@ import pytest
 import torch
 import zarr
 
+import pipeline.study.run as study_run
 from extract.errors import UserError
 from pipeline.datasets.generated.flash_mnist import CLASSES, NOISE
 from pipeline.store.feature_store import open_store
@@ -26,7 +27,16 @@ from pipeline.study.attention import attention_mass
 from pipeline.study.flash_features import class_names, frame_features
 from pipeline.study.ledger import claim, current_results, read_ledger
 from pipeline.study.lenet import LeNet, load_lenet, parameter_count
-from pipeline.study.run import LENET_NAME, cell_cost, grid_worker, reproduce, train_config
+from pipeline.study.prepare import LENET_NAME
+from pipeline.study.run import (
+    cell_cost,
+    cell_key,
+    epochs_in_time,
+    grid_worker,
+    reproduce,
+    skip_reason,
+    train_config,
+)
 from pipeline.study.settings import (
     AUTHORS,
     QUICK,
@@ -243,17 +253,78 @@ def test_the_step_probe_times_each_allowed_precision_and_leaves_the_random_state
     assert only.precision == "fp32" and list(only.milliseconds) == ["fp32"]
 
 
-def test_a_deadline_leaves_what_would_not_finish_for_the_next_run(
-        tiny_run: tuple[Settings, dict], tmp_path: Path, capsys) -> None:
+def test_a_passed_deadline_starts_nothing(tiny_run: tuple[Settings, dict], tmp_path: Path,
+                                          capsys) -> None:
     settings, _ = tiny_run
     store = settings.data_dir / "features.zarr"
     fingerprint = json.dumps(open_store(store).modalities["digits"].config, sort_keys=True)
     late = dataclasses.replace(settings, runs_dir=tmp_path / "runs", docs_dir=tmp_path / "docs",
-                               deadline=time.time() + 1e-3)  # nothing fits any more
+                               deadline=time.time() - 1)
     assert grid_worker(late, store, fingerprint, threads=None) == 0
-    assert read_ledger(late.docs_dir) == {}
-    skipped = [line for line in capsys.readouterr().out.splitlines() if "skipped" in line]
-    assert len(skipped) == len(NAMES) and all("ms per step" in line for line in skipped)
+    assert read_ledger(late.docs_dir) == {} and not (tmp_path / "runs").exists()
+    assert "and the rest: skipped, the deadline has passed" in capsys.readouterr().out
+
+
+def test_what_ends_before_the_deadline_decides_what_trains() -> None:
+    soon = dataclasses.replace(Settings(), deadline=time.time() + 3600)
+    assert epochs_in_time(soon, epoch_seconds=60.0, done=0) == 59  # 60 s: rounding down
+    assert epochs_in_time(soon, epoch_seconds=60.0, done=50) == 100  # at most the schedule's
+    assert epochs_in_time(Settings(), epoch_seconds=1e9, done=0) == 100  # no deadline
+    assert skip_reason(30, 100, 0, 100, None) is None  # all fit
+    assert skip_reason(30, 100, 0, 59, None) is None  # cut short, but 30 or more fit
+    assert "only 29" in skip_reason(30, 100, 0, 29, None)
+    assert "only 40" in skip_reason(30, 100, 40, 40, None)  # no epoch beyond the saved ones
+    assert "40-epoch result stands" in skip_reason(30, 100, 0, 59, {"epochs": 40})
+    assert skip_reason(30, 100, 0, 100, {"epochs": 40}) is None  # redone when all fit
+
+
+def keys_of(settings: Settings, fingerprint: str) -> dict[str, str]:
+    cells = grid(settings.sizes, settings.units, settings.schedule)
+    return {c.name: cell_key(settings, fingerprint, c) for c in cells}
+
+
+def test_a_run_cut_short_is_labelled_and_a_run_with_time_finishes_it(
+        tiny_run: tuple[Settings, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys) -> None:
+    settings, _ = tiny_run
+    store = settings.data_dir / "features.zarr"
+    fingerprint = json.dumps(open_store(store).modalities["digits"].config, sort_keys=True)
+    ours = dataclasses.replace(settings, runs_dir=tmp_path / "runs", docs_dir=tmp_path / "docs",
+                               schedule=dataclasses.replace(QUICK, seeds=(7,)))
+    shutil.copytree(settings.docs_dir, ours.docs_dir)  # the ledger's fields; seed 7 is new
+    real_train = study_run.train
+
+    def out_of_time(*args, **kwargs):  # each epoch overruns the deadline
+        return real_train(*args, **{**kwargs, "stop_by": time.time()})
+
+    monkeypatch.setattr(study_run, "train", out_of_time)
+    assert grid_worker(ours, store, fingerprint, threads=None) == 3
+    entries = current_results(read_ledger(ours.docs_dir), keys_of(ours, fingerprint))
+    assert [e["epochs"] for e in entries] == [1, 1, 1]
+    assert all(len(e["val_top1_per_epoch"]) == 1 for e in entries)
+    assert all((ours.runs_dir / e["name"] / "last.pt").exists() for e in entries)
+    report = (ours.docs_dir / "reproduction.md").read_text()
+    assert "(after 1)" in report and "(1 of 1)" in report and "cut short after 1" in report
+
+    # With a deadline the full schedule does not meet, the short results stand...
+    monkeypatch.setattr(study_run, "train", real_train)
+    real_cost = study_run.cell_cost
+
+    def slow_epochs(*args):  # as if each epoch took 1,000 s
+        cost, _, done = real_cost(*args)
+        return cost, 1000.0, done
+
+    monkeypatch.setattr(study_run, "cell_cost", slow_epochs)
+    soon = dataclasses.replace(ours, deadline=time.time() + 500)  # not one more epoch
+    assert grid_worker(soon, store, fingerprint, threads=None) == 0
+    assert "1-epoch result stands" in capsys.readouterr().out
+    # ...and without one, each continues from its last.pt to all the schedule's epochs.
+    monkeypatch.setattr(study_run, "cell_cost", real_cost)
+    assert grid_worker(ours, store, fingerprint, threads=None) == 3
+    entries = current_results(read_ledger(ours.docs_dir), keys_of(ours, fingerprint))
+    assert [e["epochs"] for e in entries] == [QUICK.epochs] * 3
+    assert not any((ours.runs_dir / e["name"] / "last.pt").exists() for e in entries)
+    assert "(after" not in (ours.docs_dir / "reproduction.md").read_text()
 
 
 def test_a_saved_state_keeps_its_precision_and_counts_its_epochs(
@@ -263,14 +334,15 @@ def test_a_saved_state_keeps_its_precision_and_counts_its_epochs(
     ours = dataclasses.replace(settings, runs_dir=tmp_path / "runs",
                                schedule=dataclasses.replace(QUICK, epochs=4))
     cell = GridConfig("linear", 2, True, 0)
-    fresh, fresh_needs = cell_cost(ours, store, cell)
+    fresh, fresh_epoch, fresh_done = cell_cost(ours, store, cell)
     assert set(fresh.milliseconds) == {"fp32", "bf16"}  # both timed, the faster chosen
+    assert fresh_done == 0
     model = torch.nn.Linear(2, 2)
     save_training_state(ours.runs_dir / cell.name,
                         identity=train_config(ours, cell, "bf16").resumable_settings(),
                         model=model, optimizer=torch.optim.Adam(model.parameters()),
                         scheduler=None, progress={"epoch": 3})
-    resumed, needs = cell_cost(ours, store, cell)
+    resumed, epoch_seconds, done = cell_cost(ours, store, cell)
     assert resumed.precision == "bf16" and list(resumed.milliseconds) == ["bf16"]
-    # one epoch of four left: about a quarter of the fresh estimate at the same step time
-    assert needs == pytest.approx(fresh_needs / 4 * resumed.step_ms / fresh.step_ms)
+    assert done == 3  # one epoch of four left, at the epoch time of that step time
+    assert epoch_seconds == pytest.approx(fresh_epoch * resumed.step_ms / fresh.step_ms)

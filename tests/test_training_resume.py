@@ -4,6 +4,7 @@ and bf16 autocast trains as well as fp32 (on small synthetic stores, tests/fake_
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,23 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(
     assert json.loads((out / "metrics.json").read_text())["epochs"] == straight.history
     assert (out / "confusion.png").stat().st_size > 0  # drawn from best.pt after a resume
     assert not (out / LAST_NAME).exists()
+
+
+def test_a_run_out_of_time_stops_after_an_epoch_and_a_later_run_finishes_it(
+        store: Path, tmp_path: Path) -> None:
+    straight = train(store, tmp_path / "straight", config(), resume=True,
+                     stop_by=time.time() + 3600)  # time enough: as without stop_by
+    assert len(straight.history) == straight.epochs == 5
+    assert not (straight.out_dir / LAST_NAME).exists()
+    out = tmp_path / "short"
+    short = train(store, out, config(), resume=True, stop_by=time.time())  # no time left
+    assert short.history == straight.history[:1] and short.epochs == 5
+    assert torch.load(out / LAST_NAME, weights_only=True)["progress"]["epoch"] == 1
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == short.history
+    finished = train(store, out, config(), resume=True)
+    assert finished.history == straight.history and not (out / LAST_NAME).exists()
+    final, expected = weights(finished.checkpoint), weights(straight.checkpoint)
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
 
 
 def test_last_state_of_other_settings_is_refused(

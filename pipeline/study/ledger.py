@@ -5,9 +5,10 @@ completed over several sessions on machines that keep nothing; every configurati
 goes into docs/reproduction.json the moment it finishes, and the next run continues from what
 that file holds. Each entry carries a key (the features it was trained on, the training
 settings, the seed) and the epochs it ran, so a result is reused only for exactly the same
-work. Several processes fill one grid together: each claims a configuration with an
-exclusive flock on runs/<grid>/claims/<name>.lock (dropped by the kernel when a process dies,
-however it dies) and updates the ledger under another flock, re-reading it first.
+work (one cut short by `reproduce --hours` stands, labelled, until a run has time for all).
+Several processes fill one grid together: each claims a configuration with an exclusive
+flock on runs/<grid>/claims/<name>.lock (dropped by the kernel when a process dies, however
+it dies) and updates the ledger under another flock, re-reading it first.
 """
 
 from __future__ import annotations
@@ -55,12 +56,18 @@ def read_ledger(docs_dir: Path) -> dict[str, Any]:
     return content if isinstance(content, dict) else {}
 
 
-def finished(ledger: dict[str, Any], name: str, key: str, epochs: int) -> dict[str, Any] | None:
-    """The ledger's entry for this exact work, if it was done."""
+def recorded(ledger: dict[str, Any], name: str, key: str) -> dict[str, Any] | None:
+    """The ledger's entry for this exact work, however many epochs it ran."""
     for entry in ledger.get("results", []):
-        if entry.get("name") == name and entry.get("key") == key and entry.get("epochs") == epochs:
+        if entry.get("name") == name and entry.get("key") == key:
             return entry
     return None
+
+
+def finished(ledger: dict[str, Any], name: str, key: str, epochs: int) -> bool:
+    """Whether this exact work was done for all of its epochs."""
+    entry = recorded(ledger, name, key)
+    return entry is not None and entry.get("epochs") == epochs
 
 
 def current_results(ledger: dict[str, Any], key_of: dict[str, str]) -> list[dict[str, Any]]:

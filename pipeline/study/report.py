@@ -47,17 +47,21 @@ def machine_description(device: torch.device) -> str:
     return f"CPU {model}, {os.cpu_count()} cores (shared), torch {torch.__version__}"
 
 
-def cell_text(entries: Sequence[dict[str, Any]], field: str, with_epoch: bool = False) -> str:
-    """One table cell: the value of seed 0, or mean ± standard deviation over the seeds."""
+def cell_text(entries: Sequence[dict[str, Any]], field: str, epochs: int,
+              with_epoch: bool = False) -> str:
+    """One table cell: the value of seed 0, or mean ± standard deviation over the seeds; with
+    the best epoch(s), and "of E" / "after E" for a run cut short after E of `epochs`."""
     if not entries:
         return PENDING
     values = 100 * np.array([e[field] for e in entries])
-    if len(values) == 1:
-        text = f"{values[0]:.1f}"
-        return f"{text} ({entries[0]['best_epoch']})" if with_epoch else text
-    text = f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
+    text = (f"{values[0]:.1f}" if len(values) == 1
+            else f"{values.mean():.1f} ± {values.std(ddof=1):.1f}")
+    short = any(e["epochs"] != epochs for e in entries)
     if with_epoch:
-        text += f" ({'/'.join(str(e['best_epoch']) for e in entries)})"
+        text += " (" + "/".join(f"{e['best_epoch']} of {e['epochs']}" if short
+                                else str(e["best_epoch"]) for e in entries) + ")"
+    elif short:
+        text += f" (after {'/'.join(str(e['epochs']) for e in entries)})"
     return text
 
 
@@ -72,15 +76,16 @@ def grouped(results: Sequence[dict[str, Any]]) -> dict[tuple[str, int, bool], li
 def results_table(report: dict[str, Any], field: str, with_epoch: bool) -> list[str]:
     """Markdown rows: ours (each unit, with and without shifting; avg) and the public numbers."""
     sizes, groups = report["sizes"], grouped(report["results"])
+    epochs = report["schedule"]["epochs"]
     lines = ["| configuration | " + " | ".join(f"N={n}" for n in sizes) + " |",
              "|---|" + "---|" * len(sizes)]
     for unit in report["units"]:
         for shifting in (True, False):
-            cells = [cell_text(groups.get((unit, n, shifting), []), field, with_epoch)
+            cells = [cell_text(groups.get((unit, n, shifting), []), field, epochs, with_epoch)
                      for n in sizes]
             label = f"ours, {UNIT_LABELS[unit]}, {'shifting' if shifting else 'no shifting'}"
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    avg = cell_text(groups.get(("avg", 1, False), []), field, with_epoch)
+    avg = cell_text(groups.get(("avg", 1, False), []), field, epochs, with_epoch)
     lines.append(f"| ours, {UNIT_LABELS['avg']} (any N) | " + " | ".join([avg] * len(sizes))
                  + " |")
     for unit in (u for u in report["units"] if u in PUBLIC):
@@ -222,8 +227,8 @@ def write_report(settings: Settings, report: dict[str, Any]) -> Path:
         f"reproduction's two-layer scorer), shifting with learnable scalars, dropout "
         f"{DROPOUT:g}, one fully connected layer to 1024 classes, softmax cross-entropy, Adam "
         f"{schedule['lr']:g}, batch {BATCH_SIZE}, **{schedule['epochs']} epochs**"
-        + (f" (except {', '.join(map(str, short))}-epoch entries, labelled in the JSON)"
-           if short else "")
+        + (f" (except the runs cut short after {', '.join(map(str, short))} epochs, "
+           "labelled in the tables)" if short else "")
         + f"; test accuracy after every epoch. Seeds {', '.join(map(str, schedule['seeds']))} "
         f"for N <= {schedule['all_seeds_up_to']} and average pooling (mean ± standard "
         "deviation), seed 0 elsewhere.",
@@ -239,6 +244,10 @@ def write_report(settings: Settings, report: dict[str, Any]) -> Path:
         "",
         *results_table(report, "best_top1", with_epoch=True),
         "",
+        *([f"\"after E\", \"of E\": a configuration cut short after E of the "
+           f"{schedule['epochs']} epochs, as many as fitted in the hours a run was given "
+           "(`reproduce --hours`; the issue allows 30 where the machine cannot do more); a run "
+           "with time for all its epochs redoes it.", ""] if short else []),
         *[f"- {line}" for line in observations(report)],
         "",
         "## Test accuracy after every epoch",

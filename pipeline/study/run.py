@@ -4,13 +4,11 @@
     python cli.py reproduce --jobs 2      # two training processes (one per core)
     python cli.py reproduce --quick       # the whole chain in about a minute
 
-Steps, each skipped when its output already exists for the same settings: generate
-Flash-MNIST (pipeline/datasets/generated/flash_mnist.py), pre-train the authors' LeNet
-(pipeline/study/lenet.py; kept beside the docs, so the committed results stay the results of
-those features), write the 50-d frame features as a normal store (flash_features.py), train
-every grid configuration with the normal training code (pipeline/train/loop.py, resumable by
-epoch), recording each result in docs/reproduction.json as it finishes (ledger.py), then
-measure where the attention goes (attention.py) and write docs/reproduction.md and the
+Steps: the data, the LeNet and its feature store (prepare.py, each skipped when it exists for
+the same settings), then every grid configuration with the normal training code
+(pipeline/train/loop.py, resumable by epoch; with `--hours`, only what ends in time:
+epochs_in_time, skip_reason), recording each result in docs/reproduction.json as it finishes
+(ledger.py), then where the attention goes (attention.py), docs/reproduction.md and the
 figures (report.py, figure.py).
 """
 
@@ -31,8 +29,7 @@ import zarr
 
 from extract.device import resolve_device
 from extract.errors import UserError
-from pipeline.datasets.generated.digits import load_digit_pools
-from pipeline.datasets.generated.flash_mnist import STORE_NAME, generate_flash_mnist
+from pipeline.datasets.generated.flash_mnist import STORE_NAME
 from pipeline.store.feature_store import open_store
 from pipeline.store.format import Split
 from pipeline.study.attention import (
@@ -43,22 +40,25 @@ from pipeline.study.attention import (
     untrained_like,
 )
 from pipeline.study.figure import FIGURE_NAME, draw_attention_figure, draw_curves
-from pipeline.study.flash_features import MODALITY, write_flash_features
+from pipeline.study.flash_features import MODALITY
 from pipeline.study.ledger import (
     claim,
     current_results,
     exclusive,
     finished,
     read_ledger,
+    recorded,
     update_ledger,
 )
 from pipeline.study.lenet import (
-    LeNetConfig,
-    load_lenet,
     parameter_count,
-    pretrain_lenet,
-    save_lenet,
-    state_sha256,
+)
+from pipeline.study.prepare import (
+    DATA_SEED,
+    log,
+    prepare_dataset,
+    prepare_features,
+    prepare_lenet,
 )
 from pipeline.study.report import machine_description, write_report
 from pipeline.study.settings import (
@@ -76,79 +76,9 @@ from pipeline.train.config import THREADS_ENV, TrainConfig, threads_wanted, torc
 from pipeline.train.loop import train
 from pipeline.training_state import discard_other_state, saved_progress
 
-DATA_SEED = 0  # the dataset and the LeNet; the grid's seeds are the schedule's
-LENET_NAME = "reproduction-lenet.pt"
 # Training time over the optimiser steps alone: the test pass after every epoch (10,240 videos
 # forward only, against 1,600 training steps of 64) and the checkpoint writes.
 EVAL_OVERHEAD = 1.1
-
-
-def log(message: str) -> None:
-    print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def prepare_dataset(settings: Settings) -> tuple[Path, str]:
-    """Generate Flash-MNIST unless the same counts/source already lie on disk."""
-    path = settings.data_dir / STORE_NAME
-    wanted = {"train": settings.schedule.per_class_train, "test": settings.schedule.per_class_test}
-    if path.exists():
-        attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
-        source_ok = settings.source == "auto" or attrs.get("source", "").startswith(
-            settings.source)
-        if (attrs.get("seed") == DATA_SEED and attrs.get("per_class") == wanted and source_ok
-                and attrs.get("noise") == "both-pools"):
-            log(f"Flash-MNIST: reusing {path}")
-            return path, str(attrs["source"])
-    log(f"Flash-MNIST: generating {wanted} videos per class into {path}")
-    generate_flash_mnist(settings.data_dir, seed=DATA_SEED, per_class_train=wanted["train"],
-                         per_class_test=wanted["test"], mnist_dir=settings.mnist_dir,
-                         source=settings.source, progress=settings.progress)
-    return path, str(zarr.open_group(str(path), mode="r").attrs["source"])
-
-
-def prepare_lenet(settings: Settings, device: torch.device):
-    """Pre-train the LeNet, or reload the one kept beside the docs for the same settings."""
-    schedule = settings.schedule
-    config = LeNetConfig(digit_images=schedule.lenet_digit_images,
-                         noise_images=schedule.lenet_noise_images, seed=DATA_SEED)
-    path = settings.docs_dir / LENET_NAME
-    pools = load_digit_pools(mnist_dir=settings.mnist_dir, source=settings.source)
-    if path.exists():
-        result = load_lenet(path)
-        if result is not None and result.config == config and result.source == pools.source:
-            log(f"LeNet: reusing {path} (11-class test accuracy {result.test_accuracy:.3f})")
-            return result
-    log(f"LeNet: pre-training one epoch of {config.digit_images:,} noisy digits and "
-        f"{config.noise_images:,} noise frames")
-    result = pretrain_lenet(pools, config, device=device, progress=settings.progress)
-    save_lenet(path, result)
-    log(f"LeNet: 11-class accuracy on the noisy test set {result.test_accuracy:.3f} "
-        f"({result.seconds:.0f} s)")
-    return result
-
-
-def prepare_features(settings: Settings, dataset: Path, lenet, device: torch.device
-                     ) -> tuple[Path, str]:
-    """The feature store; rebuilt when the LeNet or the dataset changed."""
-    attrs = zarr.open_group(str(dataset), mode="r").attrs.asdict()
-    extraction = {
-        "extractor": "lenet-authors-log-softmax-50d",
-        "lenet_sha256": state_sha256(lenet.model),
-        "lenet": dataclasses.asdict(lenet.config),
-        "dataset": {k: attrs[k] for k in ("source", "seed", "per_class", "noise")},
-    }
-    fingerprint = json.dumps(extraction, sort_keys=True)
-    store_path = settings.data_dir / "features.zarr"
-    overwrite = False
-    if store_path.exists():
-        recorded = open_store(store_path).modalities.get(MODALITY)
-        overwrite = recorded is None or json.dumps(recorded.config, sort_keys=True) != fingerprint
-    log(f"features: LeNet features of every frame into {store_path}")
-    started = time.perf_counter()
-    write_flash_features(dataset, store_path, lenet.model, extraction, device=device,
-                         overwrite=overwrite, progress=settings.progress)
-    log(f"features: done ({time.perf_counter() - started:.0f} s)")
-    return store_path, fingerprint
 
 
 def train_config(settings: Settings, cell: GridConfig, precision: str) -> TrainConfig:
@@ -185,10 +115,10 @@ def saved_epochs(settings: Settings, cell: GridConfig) -> dict[str, int]:
             if identity == train_config(settings, cell, p).resumable_settings()}
 
 
-def cell_cost(settings: Settings, store: Path, cell: GridConfig) -> tuple[StepCost, float]:
+def cell_cost(settings: Settings, store: Path, cell: GridConfig) -> tuple[StepCost, float, int]:
     """The precision the configuration trains in (a last.pt keeps the one it started in), its
-    step time here, and the seconds its training still needs at that rate (EVAL_OVERHEAD for
-    the test pass after every epoch)."""
+    step time here, the seconds one epoch takes at that rate (EVAL_OVERHEAD for the test pass
+    after it) and the epochs a last.pt already holds."""
     started = saved_epochs(settings, cell)
     features = open_store(store)
     modality = features.modalities[MODALITY]
@@ -200,19 +130,29 @@ def cell_cost(settings: Settings, store: Path, cell: GridConfig) -> tuple[StepCo
                              tuple(started) or allowed_precisions(settings.schedule, cell.unit),
                              resolve_device(settings.device))
     train_rows = int((features.splits[:, 0] == Split.TRAIN).sum())
-    epochs_left = max(settings.schedule.epochs - started.get(cost.precision, 0), 0)
-    steps = epochs_left * train_config(settings, cell, cost.precision).steps_per_epoch(train_rows)
-    return cost, steps * cost.step_ms / 1000 * EVAL_OVERHEAD
+    steps = train_config(settings, cell, cost.precision).steps_per_epoch(train_rows)
+    return cost, steps * cost.step_ms / 1000 * EVAL_OVERHEAD, started.get(cost.precision, 0)
+
+
+def epochs_in_time(settings: Settings, epoch_seconds: float, done: int) -> int:
+    """How many of the schedule's epochs (counting the `done` ones) end before the deadline."""
+    epochs = settings.schedule.epochs
+    if settings.deadline is None:
+        return epochs
+    fit = done + int(max(settings.deadline - time.time(), 0) / epoch_seconds)
+    return min(epochs, fit)
 
 
 def train_cell(settings: Settings, store: Path, cell: GridConfig, key: str,
                cost: StepCost) -> dict[str, Any]:
-    """Train one configuration (continuing its last saved epoch) and return its entry."""
+    """Train one configuration (continuing its last saved epoch) and return its entry; with a
+    deadline it stops after the last epoch that ends in time, and the entry's `epochs` says
+    how many of the schedule's it ran (its last.pt stays, for a later run to continue)."""
     config = train_config(settings, cell, cost.precision)
     out_dir = settings.runs_dir / cell.name
     if discard_other_state(out_dir, config.resumable_settings()):
         log(f"{cell.name}: its last.pt was written with other settings; starting over")
-    outcome = train(store, out_dir, config, resume=True)
+    outcome = train(store, out_dir, config, resume=True, stop_by=settings.deadline)
     epochs = [h["val"]["top1"] for h in outcome.history]
     return {
         "name": cell.name, "unit": cell.unit, "units": cell.units, "shifting": cell.shifting,
@@ -253,28 +193,53 @@ def _train_cells(settings: Settings, store: Path, fingerprint: str) -> int:
     for index, cell in enumerate(cells, start=1):
         if finished(read_ledger(settings.docs_dir), cell.name, keys[cell.name], epochs):
             continue
+        if settings.deadline is not None and time.time() >= settings.deadline:
+            log(f"[{index}/{len(cells)}] {cell.name} and the rest: skipped, the deadline has "
+                "passed")
+            break
         with claim(settings.runs_dir, cell.name) as mine:
-            if not mine or finished(read_ledger(settings.docs_dir), cell.name,
-                                    keys[cell.name], epochs):
+            shortened = recorded(read_ledger(settings.docs_dir), cell.name, keys[cell.name])
+            if not mine or (shortened is not None and shortened["epochs"] == epochs):
                 continue  # another process trains it, or just finished it
             with torch_threads():
-                cost, needs = cell_cost(settings, store, cell)
-            if settings.deadline is not None and time.time() + needs > settings.deadline:
-                log(f"[{index}/{len(cells)}] {cell.name}: skipped, it needs about "
-                    f"{needs / 60:.0f} min ({cost.step_ms:.1f} ms per step) and the deadline "
-                    f"is in {(settings.deadline - time.time()) / 60:.0f} min")
+                cost, epoch_seconds, done = cell_cost(settings, store, cell)
+            reach = epochs_in_time(settings, epoch_seconds, done)
+            why_not = skip_reason(settings.schedule.min_epochs, epochs, done, reach, shortened)
+            if why_not:
+                log(f"[{index}/{len(cells)}] {cell.name}: skipped, {why_not} (its {epochs - done}"
+                    f" epochs need about {(epochs - done) * epoch_seconds / 60:.0f} min at "
+                    f"{cost.step_ms:.1f} ms per step)")
                 continue
-            log(f"[{index}/{len(cells)}] {cell.name}: training {epochs} epochs in "
-                f"{cost.precision} ({cost.milliseconds} ms per step; about {needs / 60:.0f} min)")
+            log(f"[{index}/{len(cells)}] {cell.name}: training epochs {done + 1}-{reach}"
+                f"{'' if reach == epochs else f' of {epochs} (as many as end in time)'} in "
+                f"{cost.precision} ({cost.milliseconds} ms per step; about "
+                f"{(reach - done) * epoch_seconds / 60:.0f} min)")
             result = train_cell(settings, store, cell, keys[cell.name], cost)
             ledger = update_ledger(settings.docs_dir, {}, result, keys)
         refresh_docs(settings, keys, store)
         trained += 1
         done = len(current_results(ledger, keys))
         log(f"[{index}/{len(cells)}] {cell.name}: test top-1 last {100 * result['top1']:.1f}%"
-            f", best {100 * result['best_top1']:.1f}% (epoch {result['best_epoch']}); "
-            f"{result['seconds'] / 60:.0f} min; {done} of {len(cells)} finished")
+            f", best {100 * result['best_top1']:.1f}% (epoch {result['best_epoch']}) after "
+            f"{result['epochs']} epochs; {result['seconds'] / 60:.0f} min; {done} of "
+            f"{len(cells)} recorded")
     return trained
+
+
+def skip_reason(min_epochs: int, epochs: int, done: int, reach: int,
+                shortened: dict[str, Any] | None) -> str | None:
+    """Why a configuration that cannot run all `epochs` before the deadline waits for a later
+    run (None: train it): fewer than `min_epochs` (or no more than the `done` ones) would end
+    in time, or a shortened result of it is recorded (redone only when all its epochs fit)."""
+    if reach == epochs:
+        return None
+    if shortened is not None:
+        return (f"its {shortened['epochs']}-epoch result stands until a run has time for all "
+                f"{epochs}")
+    if reach < max(min_epochs, done + 1):
+        return (f"only {reach} of its epochs would end before the deadline (it trains when "
+                f"at least {min_epochs} do)")
+    return None
 
 
 def run_workers(settings: Settings, store: Path, fingerprint: str, jobs: int) -> None:

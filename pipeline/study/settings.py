@@ -48,6 +48,8 @@ class Schedule:
     per_class_train: int
     per_class_test: int
     epochs: int
+    min_epochs: int  # with --hours: a configuration whose epochs do not all fit still trains
+    # when at least this many do, and its entry says how many it ran (the issue's 30)
     lr: float
     hidden: int  # width of the two-layer scorer's hidden layer
     lenet_digit_images: int  # the LeNet's pre-training set (one epoch)
@@ -59,14 +61,15 @@ class Schedule:
 
 # The authors' code: 100 / 10 videos per class, Adam 1e-3, 100 epochs, the LeNet's 330,000
 # noisy images; the public reproduction's 128 hidden units. Precision: see BF16_UNITS.
-AUTHORS = Schedule("authors", per_class_train=100, per_class_test=10, epochs=100, lr=1e-3,
-                   hidden=128, lenet_digit_images=300_000, lenet_noise_images=30_000,
-                   seeds=(0, 1, 2), all_seeds_up_to=8, precision="auto")
+AUTHORS = Schedule("authors", per_class_train=100, per_class_test=10, epochs=100,
+                   min_epochs=30, lr=1e-3, hidden=128, lenet_digit_images=300_000,
+                   lenet_noise_images=30_000, seeds=(0, 1, 2), all_seeds_up_to=8,
+                   precision="auto")
 # `--quick` (the test of `make test` runs it): 1 / 1 videos per class, 2 epochs, a LeNet of
 # 3,300 images, seeds 0 and 1 for N <= 2 and average pooling; about a minute on this machine.
-QUICK = Schedule("quick", per_class_train=1, per_class_test=1, epochs=2, lr=1e-3, hidden=128,
-                 lenet_digit_images=3_000, lenet_noise_images=300, seeds=(0, 1),
-                 all_seeds_up_to=2, precision="auto")
+QUICK = Schedule("quick", per_class_train=1, per_class_test=1, epochs=2, min_epochs=1,
+                 lr=1e-3, hidden=128, lenet_digit_images=3_000, lenet_noise_images=300,
+                 seeds=(0, 1), all_seeds_up_to=2, precision="auto")
 QUICK_SIZES = (1, 4)
 
 

@@ -228,11 +228,14 @@ def best_epoch_scores(path: Path, data: SplitData, config: TrainConfig, device: 
 
 @torch_threads()  # AC_TORCH_THREADS, else one thread: holds up on a shared machine
 def train(store: str | Path, out_dir: str | Path, config: TrainConfig,
-          resume: bool = False) -> TrainResult:
+          resume: bool = False, stop_by: float | None = None) -> TrainResult:
     """Train on `store` (split `config.split`), validating every epoch; see module doc.
 
     resume: keep last.pt while training and, when out_dir already holds one written with
-    the same settings, continue after its epoch instead of starting over."""
+    the same settings, continue after its epoch instead of starting over.
+    stop_by: a time.time() by which to stop: after any epoch that leaves less than another
+    epoch's time, everything is saved as after the last one (history then holds fewer than
+    the planned epochs; with resume, last.pt stays for a later run to continue)."""
     config.validate()
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -284,6 +287,7 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig,
     if config.progress:
         tqdm.write(budget_line(config, len(data.train), epochs))
     for epoch in range(first_epoch, epochs + 1):
+        epoch_started = time.time()
         try:
             train_loss, train_accuracy, made = train_epoch(model, data, optimizer, config,
                                                            device, epoch)
@@ -331,7 +335,10 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig,
                 "metrics": val,
                 "train_config": dataclasses.asdict(config),
             })
-        if best.raised or epoch == epochs or time.monotonic() - written_at >= SAVE_INTERVAL_S:
+        now = time.time()
+        stopping = stop_by is not None and now + (now - epoch_started) > stop_by
+        if (best.raised or epoch == epochs or stopping
+                or time.monotonic() - written_at >= SAVE_INTERVAL_S):
             best.save()
             write_history(best.epoch, steps)
             if resume:
@@ -342,12 +349,17 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig,
                         "best": {"epoch": best.epoch, "value": best.value, "loss": best.loss}})
             written_at = time.monotonic()
         if config.progress and (epoch % math.ceil(epochs / MAX_EPOCH_LINES) == 0
-                                or epoch == epochs):
+                                or epoch == epochs or stopping):
             tqdm.write(
                 f"epoch {epoch}: train loss {train_loss:.4f} acc {train_accuracy:.3f} | "
                 f"val loss {val_loss:.4f} {headline} {val[headline]:.3f} | {steps} steps"
             )
-    if resume:  # finished: best.pt and metrics.json remain
+        if stopping and epoch < epochs:
+            if config.progress:
+                tqdm.write(f"stopping after epoch {epoch} of {epochs}: another would end "
+                           "after the time given")
+            break
+    if resume and len(history) == epochs:  # finished: best.pt and metrics.json remain
         (out_dir / LAST_NAME).unlink(missing_ok=True)
     plot_curves(out_dir / "curves.png", history, task)
     if task == "single" and best.epoch > 0:
