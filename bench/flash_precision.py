@@ -14,11 +14,9 @@ Usage: .venv/bin/python bench/flash_precision.py [--store data/flash-mnist/featu
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -28,9 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.atomic import write_json_atomic  # noqa: E402
 from pipeline.store.feature_store import open_store  # noqa: E402
 from pipeline.study.report import PRECISION_CHECK, machine_description  # noqa: E402
-from pipeline.study.run import train_config  # noqa: E402
-from pipeline.study.settings import GridConfig, Settings  # noqa: E402
-from pipeline.train.loop import train  # noqa: E402
+from pipeline.study.settings import GridConfig  # noqa: E402
+from pipeline.study.side_by_side import train_variant  # noqa: E402
 
 # (unit, N, epochs): small N learn slowly, so they get more epochs; N=128 costs the most.
 RUNS = (("linear", 8, 8), ("mlp_shared", 8, 8), ("linear", 128, 3))
@@ -50,20 +47,15 @@ def main() -> None:
     torch.set_num_threads(1)  # the grid's workers each run on one core
     store = open_store(args.store)
     train_rows = int((store.splits[:, 0] == 1).sum())
-    settings = Settings(device="cpu", progress=False)
     runs = []
     with tempfile.TemporaryDirectory() as scratch:
         for unit, units, epochs in QUICK_RUNS if args.quick else RUNS:
             cell = GridConfig(unit, units, shifting=True, seed=0)
-            outcome, seconds = {}, {}
+            curves, seconds = {}, {}
             for precision in ("fp32", "bf16"):
-                config = dataclasses.replace(train_config(settings, cell, precision),
-                                             epochs=epochs)
-                started = time.perf_counter()
-                outcome[precision] = train(args.store, Path(scratch) / f"{cell.name}-{precision}",
-                                           config)
-                seconds[precision] = time.perf_counter() - started
-            curves = {p: [h["val"]["top1"] for h in o.history] for p, o in outcome.items()}
+                curves[precision], seconds[precision] = train_variant(
+                    args.store, Path(scratch) / f"{cell.name}-{precision}", cell, epochs,
+                    precision)
             runs.append({
                 "config": f"{unit} N={units}", "epochs": epochs,
                 "fp32_top1": curves["fp32"][-1], "bf16_top1": curves["bf16"][-1],

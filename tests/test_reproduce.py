@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,9 +27,11 @@ from pipeline.store.feature_store import open_store
 from pipeline.store.format import Status
 from pipeline.study.attention import attention_mass
 from pipeline.study.flash_features import class_names, frame_features
+from pipeline.study.frame_reading import frame_labels, read_classes
 from pipeline.study.ledger import claim, current_results, read_ledger
 from pipeline.study.lenet import LeNet, load_lenet, parameter_count
 from pipeline.study.prepare import LENET_NAME
+from pipeline.study.report import DROPOUT_CHECK, write_report
 from pipeline.study.run import (
     cell_cost,
     cell_key,
@@ -77,6 +81,50 @@ def test_the_authors_lenet_tells_digits_from_noise(tiny_run: tuple[Settings, dic
     features = reloaded.model.features(torch.zeros(3, 28, 28, dtype=torch.uint8))
     assert features.shape == (3, 50)  # log-probabilities over the 50 values, as the authors
     torch.testing.assert_close(features.exp().sum(1), torch.ones(3))
+
+
+def test_the_lenet_alone_reads_the_test_videos(tiny_run: tuple[Settings, dict]) -> None:
+    settings, report = tiny_run
+    flash = zarr.open_group(str(settings.data_dir / "flash-mnist.zarr"), mode="r")
+    lenet = load_lenet(settings.docs_dir / LENET_NAME).model.eval()
+    frames, truth = flash["test/frames"][:], flash["test/frame_digit"][:]
+    with torch.inference_mode():  # the full LeNet on the pixels, not the stored features
+        direct = lenet(torch.from_numpy(frames.reshape(-1, 28, 28))).argmax(1).numpy()
+    direct = direct.reshape(truth.shape)
+    (stored,) = open_store(settings.data_dir / "features.zarr").read(
+        "digits", slice(CLASSES, None), fields=("features",))
+    assert (frame_labels(lenet, stored) == direct).mean() > 0.99  # float16 features: ~same
+    is_digit = truth != NOISE
+    reading = report["lenet"]
+    assert reading["digit_frame_accuracy"] == pytest.approx(
+        (direct == truth)[is_digit].mean(), abs=0.01)
+    assert reading["noise_frame_accuracy"] == pytest.approx(
+        (direct == 10)[~is_digit].mean(), abs=0.01)
+    assert 0 <= reading["frames_read_top1"] <= 1
+    assert "reading each video's class off its frames' labels" in (
+        settings.docs_dir / "reproduction.md").read_text()
+
+
+def test_the_dropout_check_is_quoted_in_the_report(tiny_run: tuple[Settings, dict],
+                                                   tmp_path: Path) -> None:
+    settings, report = tiny_run
+    script = Path(__file__).resolve().parent.parent / "bench" / "flash_dropout.py"
+    subprocess.run([sys.executable, str(script), "--quick", "--write-docs", "--store",
+                    str(settings.data_dir / "features.zarr")], cwd=tmp_path, check=True,
+                   capture_output=True)
+    check = json.loads((tmp_path / "docs" / DROPOUT_CHECK).read_text())
+    (run,) = check["runs"]
+    assert run["config"] == "avg N=1" and run["grid_dropout"] == 0.5
+    assert len(run["grid_top1_per_epoch"]) == len(run["no_dropout_top1_per_epoch"]) == 2
+    assert check["features"]["offset"] < 0 < check["features"]["spread"]  # log-probabilities
+    ours = dataclasses.replace(settings, docs_dir=tmp_path / "docs")
+    markdown = write_report(ours, report).read_text()
+    assert f"sit at {check['features']['offset']:.1f} on average" in markdown
+
+
+def test_a_video_class_is_read_from_the_digits_its_frames_show() -> None:
+    labels = np.array([[10, 3, 10, 0, 3], [10, 10, 10, 10, 10], [9, 1, 2, 4, 10]])
+    assert read_classes(labels).tolist() == [0b1001, 0, 0b1000010110]
 
 
 def test_store_holds_the_lenet_features_of_every_frame(tiny_run: tuple[Settings, dict]) -> None:

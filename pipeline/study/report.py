@@ -29,6 +29,7 @@ from pipeline.study.settings import (
 )
 
 PRECISION_CHECK = "reproduction-precision.json"  # bench/flash_precision.py --write-docs
+DROPOUT_CHECK = "reproduction-dropout.json"  # bench/flash_dropout.py --write-docs
 PENDING = "·"
 
 
@@ -157,10 +158,17 @@ def attention_text(report: dict[str, Any]) -> list[str]:
     ]
 
 
-def precision_text(docs_dir: Path) -> str:
+def read_check(docs_dir: Path, name: str) -> dict[str, Any] | None:
+    """What a bench/flash_*.py --write-docs check saved (None: not run)."""
     try:
-        check = json.loads((docs_dir / PRECISION_CHECK).read_text())
+        return json.loads((docs_dir / name).read_text())
     except (OSError, ValueError):
+        return None
+
+
+def precision_text(docs_dir: Path) -> str:
+    check = read_check(docs_dir, PRECISION_CHECK)
+    if check is None:
         return "(bf16 check not run: `python bench/flash_precision.py --write-docs`)"
     rows = "; ".join(
         f"{r['config']}: fp32 {100 * r['fp32_top1']:.1f}% vs bf16 {100 * r['bf16_top1']:.1f}%"
@@ -169,6 +177,27 @@ def precision_text(docs_dir: Path) -> str:
     return (f"measured by `bench/flash_precision.py` on {check['machine']} with "
             f"{check['videos_per_class']} training videos per class (times include loading "
             f"the store, on a loaded machine): {rows}")
+
+
+def dropout_text(docs_dir: Path) -> str:
+    """Why the rows without shifting learn so little, from bench/flash_dropout.py."""
+    check = read_check(docs_dir, DROPOUT_CHECK)
+    if check is None:
+        return ("Without shifting: (dropout check not run: `python bench/flash_dropout.py "
+                "--write-docs`)")
+    features = check["features"]
+    rows = "; ".join(
+        f"{r['config']} after {r['epochs']} epochs: {100 * r['grid_top1_per_epoch'][-1]:.1f}% "
+        f"with dropout {r['grid_dropout']:g}, {100 * r['no_dropout_top1_per_epoch'][-1]:.1f}%"
+        " without" for r in check["runs"])
+    return (f"Without shifting, the classifier reads weighted averages of the LeNet's "
+            f"log-probabilities: their coordinates sit at {features['offset']:.1f} on average "
+            f"and differ between videos by only {features['spread']:.2f} (standard deviation, "
+            f"{features['videos']:,} training videos), so the dropout before the classifier "
+            "(the authors' 0.5) swamps what tells the videos apart; shifting centres and "
+            "rescales each unit's output, so the rows with shifting learn under the same "
+            "dropout. "
+            f"Measured by `bench/flash_dropout.py` (test top-1, no shifting): {rows}.")
 
 
 def precision_line(precision: str, units: Sequence[str]) -> str:
@@ -181,6 +210,30 @@ def precision_line(precision: str, units: Sequence[str]) -> str:
             f"{' and '.join(half) or 'no'} units under bf16 autocast where a few timed steps "
             f"of the configuration found it faster on the machine, else fp32 (each result "
             f"records its `precision` and `step_ms`)")
+
+
+def reading_text(lenet: dict[str, Any]) -> str:
+    """What the LeNet alone gets right on the test videos (frame_reading.py)."""
+    if "frames_read_top1" not in lenet:
+        return ""
+    return (f"On the test videos it labels {100 * lenet['digit_frame_accuracy']:.1f}% of digit "
+            f"frames and {100 * lenet['noise_frame_accuracy']:.1f}% of noise frames right; "
+            "reading each video's class off its frames' labels, with no training at all, "
+            f"gives **{100 * lenet['frames_read_top1']:.1f}% top-1** (chance 1/1024 = 0.1%).")
+
+
+def difficulty_text(lenet: dict[str, Any], results: Sequence[dict[str, Any]]) -> str:
+    """How easy the digits stand-in is, in numbers beside the public table's."""
+    if "frames_read_top1" not in lenet:
+        return ""
+    best = max((r["best_top1"] for r in results if r["unit"] != "avg"), default=None)
+    ours = f"; our best attention configuration reaches {100 * best:.1f}%" if best else ""
+    return (f"By these numbers the task is easy here: the LeNet labels "
+            f"{100 * lenet['digit_frame_accuracy']:.1f}% of the test digit frames right and "
+            f"the untrained frame-label rule already scores {100 * lenet['frames_read_top1']:.1f}%"
+            f" top-1{ours}, where the public table's best on MNIST is "
+            f"{max(max(c.values()) for c in PUBLIC.values()):.1f}% (the same measurement with "
+            "`--mnist-dir` puts MNIST's numbers beside these).")
 
 
 def timing_text(results: Sequence[dict[str, Any]]) -> str:
@@ -221,7 +274,7 @@ def write_report(settings: Settings, report: dict[str, Any]) -> Path:
         "log_softmax of those 50 values is the feature), pre-trained one epoch (Adam 1e-3, "
         f"batch 64) on {lenet['config']['digit_images']:,} noisy digit images and "
         f"{lenet['config']['noise_images']:,} noise frames. **11-class accuracy on the noisy "
-        f"test set: {100 * lenet['test_accuracy']:.1f}%** (chance 9.1%).",
+        f"test set: {100 * lenet['test_accuracy']:.1f}%** (chance 9.1%). {reading_text(lenet)}",
         f"- Attention model: {', '.join(UNIT_LABELS[u] for u in report['units'])} units "
         f"({schedule['hidden']} tanh hidden units shared by the cluster, the public "
         f"reproduction's two-layer scorer), shifting with learnable scalars, dropout "
@@ -249,6 +302,7 @@ def write_report(settings: Settings, report: dict[str, Any]) -> Path:
            "(`reproduce --hours`; the issue allows 30 where the machine cannot do more); a run "
            "with time for all its epochs redoes it.", ""] if short else []),
         *[f"- {line}" for line in observations(report)],
+        f"- {dropout_text(settings.docs_dir)}",
         "",
         "## Test accuracy after every epoch",
         "",
@@ -264,8 +318,9 @@ def write_report(settings: Settings, report: dict[str, Any]) -> Path:
                         "recurs far more often (the LeNet's pre-training set has the authors' "
                         "size, so every train-pool image appears about "
                         f"{lenet['config']['digit_images'] // pool['train']} times), and the "
-                        "upscaled 8x8 images are smoother than MNIST's strokes."
-                        if sklearn else "MNIST, as the authors."),
+                        "upscaled 8x8 images are smoother than MNIST's strokes. "
+                        + difficulty_text(lenet, results) if sklearn
+                        else "MNIST, as the authors."),
         "- Features are stored as float16 in the feature store (the authors kept float32): "
         "the log-probabilities, which reach about -29, change by 0.0019 on average and at most "
         "0.008 (measured on 5,000 test frames).",
@@ -279,6 +334,8 @@ def write_report(settings: Settings, report: dict[str, Any]) -> Path:
         "```",
         "make reproduce                  # continue this grid (resumable; JOBS=2 on two cores)",
         "make reproduce ARGS=--quick     # the whole chain in about a minute",
+        "make reproduce JOBS=2 ARGS='--hours 2.5'  # stop within 2.5 h: a configuration too "
+        "long for that runs the epochs that fit (at least 30), labelled",
         "python cli.py reproduce --device cuda --jobs 1   # on a GPU",
         "```",
         "Per-configuration results: `docs/reproduction.json`; checkpoints and curves of the "

@@ -41,6 +41,7 @@ from pipeline.study.attention import (
 )
 from pipeline.study.figure import FIGURE_NAME, draw_attention_figure, draw_curves
 from pipeline.study.flash_features import MODALITY
+from pipeline.study.frame_reading import frame_reading
 from pipeline.study.ledger import (
     claim,
     current_results,
@@ -312,7 +313,8 @@ def reproduce(settings: Settings, jobs: int = 1, train_grid: bool = True) -> dic
         "lenet": {"config": dataclasses.asdict(lenet.config),
                   "parameters": parameter_count(lenet.model),
                   "test_accuracy": lenet.test_accuracy, "train_accuracy": lenet.train_accuracy,
-                  "seconds": round(lenet.seconds, 1)},
+                  "seconds": round(lenet.seconds, 1),
+                  **frame_reading(lenet.model, store, dataset)},
         "feature_norms": feature_norms(store, dataset),
         "public_reproduction": {u: {str(n): v for n, v in c.items()} for u, c in PUBLIC.items()},
     }

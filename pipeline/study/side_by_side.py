@@ -1,0 +1,27 @@
+"""Train one grid configuration for a few epochs with some settings changed, for the checks
+that justify or explain a choice of the grid (bench/flash_precision.py: bf16 vs fp32;
+bench/flash_dropout.py: why the rows without shifting learn so little)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.study.run import train_config
+from pipeline.study.settings import GridConfig, Settings
+from pipeline.train.loop import train
+
+CHECK_SETTINGS = Settings(device="cpu", progress=False)
+
+
+def train_variant(store: Path, out_dir: Path, cell: GridConfig, epochs: int, precision: str,
+                  **changes: Any) -> tuple[list[float], float]:
+    """Test top-1 after every epoch and the seconds taken, for `cell` trained as the grid
+    does but for `epochs` epochs, in `precision`, with the TrainConfig fields `changes`."""
+    config = dataclasses.replace(train_config(CHECK_SETTINGS, cell, precision), epochs=epochs,
+                                 **changes)
+    started = time.perf_counter()
+    outcome = train(store, out_dir, config)
+    return [h["val"]["top1"] for h in outcome.history], time.perf_counter() - started
