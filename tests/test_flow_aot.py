@@ -4,11 +4,8 @@ workers start together), loads in fresh processes, and the eager fallback."""
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -21,8 +18,8 @@ from extract.flow import aot
 from extract.flow.stacks import FlowParams, compute_flow
 from extract.flow.truth import FAMILIES, endpoint_error, make_pairs
 from extract.flow.tvl1_torch import COMPILE_ENV, NATIVE_ENV, compile_wanted, tvl1
+from tests.processes import flow_in_fresh_processes
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = (128, 96)
 LIGHT = FlowParams(nscales=2, warps=1, outer_iterations=2, inner_iterations=10)
 
@@ -126,41 +123,18 @@ def test_a_failing_compile_warns_once_and_gives_the_eager_flow(monkeypatch, tmp_
     assert not list(tmp_path.glob("*.pt2"))
 
 
-# A fresh process on the compiled path (AC_FLOW_COMPILE unset) with the inductor artefact
-# (AC_FLOW_NATIVE=0), one torch thread as a worker.
-_FRESH = """
-import json, sys
-import numpy as np, torch
-torch.set_num_threads(1)
-from extract.flow.aot import inner_kernel
-from extract.flow.stacks import compute_flow
-from extract.flow.truth import make_pairs
-pairs = make_pairs({size!r})
-flow = compute_flow(np.stack([p.i0 for p in pairs]), np.stack([p.i1 for p in pairs]), "torch")
-np.save(sys.argv[1], flow)
-kernel = inner_kernel(2)
-print(json.dumps({{"built_here": kernel.built_here, "load_s": kernel.load_s,
-                  "compiler_imported": "torch._inductor.compile_fx" in sys.modules}}))
-"""
-
-
 @pytest.fixture(scope="module")
 def two_fresh_processes(tmp_path_factory):
     """The first process on an empty cache (builds), then a second one (loads): their reports,
-    their flows, and the cache folder."""
+    their flows, and the cache folder; the compiled path (AC_FLOW_COMPILE unset) with the
+    inductor artefact (AC_FLOW_NATIVE=0)."""
     folder = tmp_path_factory.mktemp("flow-cache")
     env = {k: v for k, v in os.environ.items() if k != COMPILE_ENV}
     env |= {aot.CACHE_ENV: str(folder), "TORCHINDUCTOR_CACHE_DIR": str(folder / "inductor"),
-            "PYTHONPATH": str(REPO), NATIVE_ENV: "0"}
-    reports, flows = [], []
-    for i in range(2):
-        out = folder / f"flow{i}.npy"
-        done = subprocess.run([sys.executable, "-c", _FRESH.format(size=SIZE), str(out)],
-                              env=env, cwd=REPO, capture_output=True, text=True, timeout=1800)
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert "falls back to eager" not in done.stderr, done.stderr[-3000:]
-        reports.append(json.loads(done.stdout.splitlines()[-1]))
-        flows.append(np.load(out))
+            NATIVE_ENV: "0"}
+    reports, flows = flow_in_fresh_processes("extract.flow.aot:inner_kernel(2)",
+                                             "torch._inductor.compile_fx", SIZE, env, folder,
+                                             timeout_s=1800)
     return reports, flows, folder
 
 

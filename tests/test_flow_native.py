@@ -4,10 +4,7 @@ the whole method beside eager and OpenCV, and the fallback when no compiler work
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -20,8 +17,8 @@ from extract.flow.stacks import FlowParams, compute_flow
 from extract.flow.truth import FAMILIES, endpoint_error, make_pairs
 from extract.flow.tvl1_inner import inner_iterations
 from extract.flow.tvl1_torch import COMPILE_ENV, NATIVE_ENV, tvl1
+from tests.processes import flow_in_fresh_processes
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = (128, 96)
 
 
@@ -64,37 +61,14 @@ def test_the_c_loop_gives_the_python_loops_values_and_stops(own_cache) -> None:
     assert torch.equal(u, _state(4, 23, 37)[0])  # the inputs are not written
 
 
-_FRESH = """
-import json, sys
-import numpy as np, torch
-torch.set_num_threads(1)
-from extract.flow.native import native_inner
-from extract.flow.stacks import compute_flow
-from extract.flow.truth import make_pairs
-pairs = make_pairs({size!r})
-flow = compute_flow(np.stack([p.i0 for p in pairs]), np.stack([p.i1 for p in pairs]), "torch")
-np.save(sys.argv[1], flow)
-kernel = native_inner()
-print(json.dumps({{"built_here": kernel.built_here, "load_s": kernel.load_s,
-                  "inductor_imported": "torch._inductor" in sys.modules}}))
-"""
-
-
 def test_one_build_then_fresh_processes_load_it_and_match_eager_and_opencv(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in (COMPILE_ENV, NATIVE_ENV)}
-    env |= {aot.CACHE_ENV: str(tmp_path), "PYTHONPATH": str(REPO)}
-    reports, flows = [], []
-    for i in range(2):
-        out = tmp_path / f"flow{i}.npy"
-        done = subprocess.run([sys.executable, "-c", _FRESH.format(size=SIZE), str(out)],
-                              env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert "unavailable" not in done.stderr and "falls back" not in done.stderr
-        reports.append(json.loads(done.stdout.splitlines()[-1]))
-        flows.append(np.load(out))
+    reports, flows = flow_in_fresh_processes(
+        "extract.flow.native:native_inner()", "torch._inductor", SIZE,
+        env | {aot.CACHE_ENV: str(tmp_path)}, tmp_path, timeout_s=600)
     first, second = reports
     assert first["built_here"] and not second["built_here"] and second["load_s"] < 1.0
-    assert not second["inductor_imported"]
+    assert not second["compiler_imported"]
     assert len(list(tmp_path.glob("tvl1-inner-native-*.so"))) == 1
     assert np.array_equal(flows[0], flows[1])
     pairs = make_pairs(SIZE)
