@@ -13,7 +13,7 @@ import torchvision
 from sklearn.datasets import load_sample_images
 
 from extract.backbones.efficientnet_lite import packaged_weights_path
-from extract.backbones.image import inflate_first_conv
+from extract.backbones.image import CPU_FORWARD_BATCH, inflate_first_conv
 from extract.backbones.registry import build_backbone, extract_batched, rebuild_backbone
 from extract.errors import UserError
 
@@ -118,6 +118,18 @@ def test_extract_batched_matches_one_big_batch(lite0_rgb):
     assert chunked.shape == (5, 1280) and chunked.dtype == np.float32
     np.testing.assert_allclose(chunked, lite0_rgb(frames).numpy(), rtol=1e-4, atol=1e-5)
     assert extract_batched(lite0_rgb, frames[:0]).shape == (0, 1280)
+
+
+def test_on_cpu_a_batch_runs_as_single_inputs_with_the_batched_values(lite0_rgb, monkeypatch):
+    frames = np.random.default_rng(4).integers(0, 256, (5, 40, 40, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        batched = lite0_rgb.network(lite0_rgb.to_nchw(frames)).numpy()  # one forward of 5
+    seen = []
+    forward = lite0_rgb.network.forward
+    monkeypatch.setattr(lite0_rgb.network, "forward", lambda x: seen.append(len(x)) or forward(x))
+    split = lite0_rgb(frames).numpy()
+    assert seen == [min(CPU_FORWARD_BATCH, 5 - i) for i in range(0, 5, CPU_FORWARD_BATCH)]
+    np.testing.assert_allclose(split, batched, rtol=1e-4, atol=1e-5)
 
 
 def test_random_backbone_is_seeded_and_recorded():

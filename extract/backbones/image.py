@@ -77,6 +77,12 @@ def flow_channels(spec: dict[str, Any]) -> int:
     return channels
 
 
+# On CPU the network sees this many inputs per forward pass, whatever batch comes in: at one
+# thread a batch of 32 ran Lite0 1.6-2.5x slower per input than single inputs, whose activations
+# stay in the L2 cache (bench/cnn_batch.py). Other devices take the batch as given.
+CPU_FORWARD_BATCH = 1
+
+
 class ImageBackbone:
     """A CNN feature extractor for uint8 RGB frames or uint8 stacked flow, normalised on device."""
 
@@ -145,6 +151,9 @@ class ImageBackbone:
     def __call__(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
         if len(batch) == 0:
             return torch.zeros(0, self.dim)
+        if self.device.type == "cpu" and len(batch) > CPU_FORWARD_BATCH:
+            return torch.cat([self(batch[i : i + CPU_FORWARD_BATCH])
+                              for i in range(0, len(batch), CPU_FORWARD_BATCH)])
         x = self.to_nchw(batch)
         try:
             return self.network(x).float().cpu()
