@@ -14,7 +14,6 @@ Usage: .venv/bin/python bench/flash_dropout.py [--store data/flash-mnist/feature
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pipeline.store.feature_store import open_store  # noqa: E402
 from pipeline.study.flash_features import MODALITY  # noqa: E402
 from pipeline.study.report import DROPOUT_CHECK, machine_description  # noqa: E402
 from pipeline.study.settings import DROPOUT, GridConfig  # noqa: E402
-from pipeline.study.side_by_side import train_variant  # noqa: E402
+from pipeline.study.side_by_side import check_arguments, train_variant  # noqa: E402
 
 # (unit, N, epochs), all without shifting
 RUNS = (("avg", 1, 5), ("linear", 8, 5))
@@ -51,16 +50,7 @@ def pooled_statistics(store_path: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", type=Path, default=Path("data/flash-mnist/features.zarr"))
-    parser.add_argument("--quick", action="store_true", help="one small configuration")
-    parser.add_argument("--write-docs", action="store_true",
-                        help=f"also write docs/{DROPOUT_CHECK}")
-    args = parser.parse_args()
-    if not args.store.exists():
-        sys.exit(f"error: no feature store at {args.store} (run `python cli.py reproduce` "
-                 "first, or pass --store)")
-    torch.set_num_threads(1)  # the grid's workers each run on one core
+    args = check_arguments(__doc__.splitlines()[0], DROPOUT_CHECK)
     runs = []
     with tempfile.TemporaryDirectory() as scratch:
         for unit, units, epochs in QUICK_RUNS if args.quick else RUNS:

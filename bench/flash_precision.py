@@ -13,7 +13,6 @@ Usage: .venv/bin/python bench/flash_precision.py [--store data/flash-mnist/featu
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pipeline.atomic import write_json_atomic  # noqa: E402
 from pipeline.store.feature_store import open_store  # noqa: E402
 from pipeline.study.report import PRECISION_CHECK, machine_description  # noqa: E402
 from pipeline.study.settings import GridConfig  # noqa: E402
-from pipeline.study.side_by_side import train_variant  # noqa: E402
+from pipeline.study.side_by_side import check_arguments, train_variant  # noqa: E402
 
 # (unit, N, epochs): small N learn slowly, so they get more epochs; N=128 costs the most.
 RUNS = (("linear", 8, 8), ("mlp_shared", 8, 8), ("linear", 128, 3))
@@ -35,16 +34,7 @@ QUICK_RUNS = (("linear", 4, 2),)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", type=Path, default=Path("data/flash-mnist/features.zarr"))
-    parser.add_argument("--quick", action="store_true", help="one small configuration")
-    parser.add_argument("--write-docs", action="store_true",
-                        help=f"also write docs/{PRECISION_CHECK}")
-    args = parser.parse_args()
-    if not args.store.exists():
-        sys.exit(f"error: no feature store at {args.store} (run `python cli.py reproduce` "
-                 "first, or pass --store)")
-    torch.set_num_threads(1)  # the grid's workers each run on one core
+    args = check_arguments(__doc__.splitlines()[0], PRECISION_CHECK)
     store = open_store(args.store)
     train_rows = int((store.splits[:, 0] == 1).sum())
     runs = []

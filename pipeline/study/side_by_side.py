@@ -4,10 +4,14 @@ bench/flash_dropout.py: why the rows without shifting learn so little)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from pipeline.study.run import train_config
 from pipeline.study.settings import GridConfig, Settings
@@ -25,3 +29,18 @@ def train_variant(store: Path, out_dir: Path, cell: GridConfig, epochs: int, pre
     started = time.perf_counter()
     outcome = train(store, out_dir, config)
     return [h["val"]["top1"] for h in outcome.history], time.perf_counter() - started
+
+
+def check_arguments(description: str, docs_name: str) -> argparse.Namespace:
+    """The options every check takes (--store, --quick, --write-docs), validated, with torch
+    at one thread as the grid's workers."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--store", type=Path, default=Path("data/flash-mnist/features.zarr"))
+    parser.add_argument("--quick", action="store_true", help="one small configuration")
+    parser.add_argument("--write-docs", action="store_true", help=f"also write docs/{docs_name}")
+    args = parser.parse_args()
+    if not args.store.exists():
+        sys.exit(f"error: no feature store at {args.store} (run `python cli.py reproduce` "
+                 "first, or pass --store)")
+    torch.set_num_threads(1)
+    return args
