@@ -27,7 +27,7 @@ from multiprocessing import resource_tracker
 from typing import Any, TypeVar
 
 import dask
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, Future, LocalCluster, as_completed
 from distributed.scheduler import KilledWorker
 
 from extract.errors import UserError
@@ -325,6 +325,31 @@ def _progress_bar(total: int | None, enabled: bool, description: str) -> Iterato
         yield bar
 
 
+def keep_in_flight(client: Client, submit: Callable[[], Future | None],
+                   finish: Callable[[Future], int], limit: int, summary: RunSummary) -> None:
+    """Keep `limit` units of work in flight: `submit()` starts the next one (None when nothing
+    is left); `finish(future)` takes a completed one and says how many to start in its place.
+    Ctrl-C marks the run interrupted; whatever is still running is cancelled."""
+    pending = as_completed(loop=client.loop)
+
+    def start(count: int) -> None:
+        for _ in range(count):
+            future = submit()
+            if future is not None:
+                pending.add(future)
+
+    try:
+        start(limit)
+        for future in pending:
+            start(finish(future))
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        outstanding = list(pending.futures)
+        if outstanding:
+            client.cancel(outstanding)
+
+
 def _drive(
     client: Client,
     items: Iterator[tuple[int, Any]],
@@ -336,41 +361,33 @@ def _drive(
     bar: Any,
     stops: _StopSignals,
 ) -> None:
-    """Keep `limit` tasks in flight, hand each result to `on_result` as it completes."""
+    """One task per item, `limit` in flight, each result handed to `on_result` as it comes."""
     run_id = uuid.uuid4().hex[:8]
     prefix = getattr(worker_fn, "__name__", "task")
     rows: dict[Any, int] = {}
-    pending = as_completed(loop=client.loop)
 
-    def submit_next() -> None:
+    def submit() -> Future | None:
         item = next(items, None)
         if item is None:
-            return
+            return None
         row, payload = item
         future = client.submit(
             _guarded, worker_fn, payload, key=f"{prefix}-{run_id}-{row}", pure=False
         )
         rows[future.key] = int(row)
-        pending.add(future)
+        return future
 
-    try:
-        for _ in range(limit):
-            submit_next()
-        for future in pending:
-            row = rows.pop(future.key)
-            try:
-                result = future.result()
-            except (Exception, SystemExit) as exc:  # e.g. an unpicklable result
-                result = exception_failure(exc)
-            future.release()
-            hand_back(row, result, on_result, summary, outcome, bar, stops)
-            submit_next()
-    except KeyboardInterrupt:
-        summary.interrupted = True
-    finally:
-        outstanding = list(pending.futures)
-        if outstanding:
-            client.cancel(outstanding)
+    def finish(future: Future) -> int:
+        row = rows.pop(future.key)
+        try:
+            result = future.result()
+        except (Exception, SystemExit) as exc:  # e.g. an unpicklable result
+            result = exception_failure(exc)
+        future.release()
+        hand_back(row, result, on_result, summary, outcome, bar, stops)
+        return 1
+
+    keep_in_flight(client, submit, finish, limit, summary)
 
 
 def exception_failure(exc: BaseException) -> dict[str, str]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from distributed import Client, as_completed
+from distributed import Client, Future
 
 from pipeline.features.dask_runner import (
     RunSummary,
@@ -30,6 +30,7 @@ from pipeline.features.dask_runner import (
     _StopSignals,
     exception_failure,
     hand_back,
+    keep_in_flight,
     task_failure,
 )
 
@@ -94,18 +95,19 @@ def _drive_split(client: Client, items: Iterator[tuple[int, Any]], task: SplitTa
                  on_result: Callable[[int, Any], None], groups: int, cpu: list[str],
                  summary: RunSummary, outcome: Callable[[Any], str], bar: Any,
                  stops: _StopSignals) -> None:
-    """Keep `groups` groups in flight, each a model task on its decode tasks."""
+    """Keep `groups` groups in flight, each a model task on its decode tasks; the items of a
+    group whose task fails as a whole (its worker died, its result broke) go again one by
+    one, so one bad item costs only itself."""
     run_id = uuid.uuid4().hex[:8]
     serial = itertools.count()
     members: dict[Any, list[tuple[int, Any]]] = {}
     alone: deque[tuple[int, Any]] = deque()  # items of a failed group, retried one by one
-    pending = as_completed(loop=client.loop)
     place = {"workers": cpu, "allow_other_workers": True} if cpu else {}
 
-    def submit_next() -> None:
+    def submit() -> Future | None:
         group = [alone.popleft()] if alone else list(itertools.islice(items, task.batch))
         if not group:
-            return
+            return None
         n = next(serial)
         decoded = [client.submit(_guarded, task.decode, payload, pure=False,
                                  key=f"decode-{run_id}-{n}-{row}", **place)
@@ -113,31 +115,21 @@ def _drive_split(client: Client, items: Iterator[tuple[int, Any]], task: SplitTa
         future = client.submit(compute_group, task.compute, task.context, decoded, pure=False,
                                key=f"compute-{run_id}-{n}", resources={GPU: 1})
         members[future.key] = group
-        pending.add(future)
+        return future
 
-    try:
-        for _ in range(groups):
-            submit_next()
-        for future in pending:
-            group = members.pop(future.key)
-            try:
-                results = future.result()
-            except (Exception, SystemExit) as exc:  # KilledWorker, an unpicklable result
-                if len(group) > 1:
-                    alone.extend(group)
-                    future.release()
-                    for _ in group:
-                        submit_next()
-                    continue
-                results = [exception_failure(exc)]
+    def finish(future: Future) -> int:
+        group = members.pop(future.key)
+        try:
+            results = future.result()
+        except (Exception, SystemExit) as exc:  # KilledWorker, an unpicklable result
             future.release()
-            for (row, _), result in zip(group, results, strict=True):
-                hand_back(row, result, on_result, summary, outcome, bar, stops)
-            submit_next()
-    except KeyboardInterrupt:
-        summary.interrupted = True
-    finally:
-        outstanding = list(pending.futures)
-        if outstanding:
-            client.cancel(outstanding)
+            if len(group) > 1:
+                alone.extend(group)
+                return len(group)
+            results = [exception_failure(exc)]
+        future.release()
+        for (row, _), result in zip(group, results, strict=True):
+            hand_back(row, result, on_result, summary, outcome, bar, stops)
+        return 1
 
+    keep_in_flight(client, submit, finish, groups, summary)
