@@ -29,7 +29,7 @@ from pipeline.store.feature_store import open_store  # noqa: E402
 from pipeline.study.flash_features import MODALITY  # noqa: E402
 from pipeline.study.report import DROPOUT_CHECK, machine_description  # noqa: E402
 from pipeline.study.settings import DROPOUT, GridConfig  # noqa: E402
-from pipeline.study.side_by_side import check_arguments, train_variant  # noqa: E402
+from pipeline.study.side_by_side import check_parser, checked, train_variant  # noqa: E402
 
 # (unit, N, epochs), all without shifting
 RUNS = (("avg", 1, 5), ("linear", 8, 5))
@@ -50,7 +50,7 @@ def pooled_statistics(store_path: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    args = check_arguments(__doc__.splitlines()[0], DROPOUT_CHECK)
+    args = checked(check_parser(__doc__.splitlines()[0], DROPOUT_CHECK).parse_args())
     runs = []
     with tempfile.TemporaryDirectory() as scratch:
         for unit, units, epochs in QUICK_RUNS if args.quick else RUNS:

@@ -133,11 +133,15 @@ class AttentionClusterNet(nn.Module):
             attentions[name] = attention
         return torch.cat(outputs, dim=1), attentions
 
+    def classify(self, encoded: torch.Tensor) -> torch.Tensor:
+        """Logits of the concatenated cluster outputs (dropout while training, then the head)."""
+        return self.head(self.dropout(encoded))
+
     def forward(
         self, inputs: dict[str, ModalityInput]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         encoded, attentions = self.encode(inputs)
-        return self.head(self.dropout(encoded)), attentions
+        return self.classify(encoded), attentions
 
 
 def loss_fn(task: str) -> nn.Module:

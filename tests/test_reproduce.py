@@ -22,6 +22,7 @@ import zarr
 
 import pipeline.study.run as study_run
 from extract.errors import UserError
+from pipeline.atomic import write_json_atomic
 from pipeline.datasets.generated.flash_mnist import CLASSES, NOISE
 from pipeline.store.feature_store import open_store
 from pipeline.store.format import Status
@@ -31,7 +32,7 @@ from pipeline.study.frame_reading import frame_labels, read_classes
 from pipeline.study.ledger import claim, current_results, read_ledger
 from pipeline.study.lenet import LeNet, load_lenet, parameter_count
 from pipeline.study.prepare import LENET_NAME
-from pipeline.study.report import DROPOUT_CHECK, write_report
+from pipeline.study.report import DROPOUT_CHECK, PRECISION_CHECK, precision_text, write_report
 from pipeline.study.run import (
     cell_cost,
     cell_key,
@@ -120,6 +121,20 @@ def test_the_dropout_check_is_quoted_in_the_report(tiny_run: tuple[Settings, dic
     ours = dataclasses.replace(settings, docs_dir=tmp_path / "docs")
     markdown = write_report(ours, report).read_text()
     assert f"sit at {check['features']['offset']:.1f} on average" in markdown
+
+
+def test_a_precision_check_is_quoted_with_each_seed(tmp_path: Path) -> None:
+    run = {"config": "mlp_shared N=8", "epochs": 8, "precision": "bf16_head", "seeds": [0, 1],
+           "fp32_top1": 0.70, "low_top1": 0.68, "fp32_top1_by_seed": [0.71, 0.69],
+           "low_top1_by_seed": [0.66, 0.70], "speedup": 1.4, "machine": "CPU X"}
+    single = {**run, "config": "linear N=8", "precision": "bf16", "seeds": [0],
+              "fp32_top1_by_seed": [0.70], "low_top1_by_seed": [0.68]}
+    write_json_atomic(tmp_path / PRECISION_CHECK, {"videos_per_class": 100,
+                                                   "runs": [run, single]})
+    text = precision_text(tmp_path)
+    assert ("mlp_shared N=8: fp32 70.0% (seeds 0, 1: 71.0 / 69.0) vs bf16_head 68.0% (seeds "
+            "0, 1: 66.0 / 70.0) after 8 epochs, bf16_head 1.40x as fast") in text
+    assert "linear N=8: fp32 70.0% vs bf16 68.0% after 8 epochs" in text and "CPU X" in text
 
 
 def test_a_video_class_is_read_from_the_digits_its_frames_show() -> None:
@@ -286,8 +301,9 @@ def test_each_grid_process_trains_with_its_share_of_the_cores(
 
 
 def test_the_step_probe_times_each_allowed_precision_and_leaves_the_random_state() -> None:
-    assert allowed_precisions(AUTHORS, "linear") == ("fp32", "bf16")
-    assert allowed_precisions(AUTHORS, "mlp_shared") == ("fp32",)  # bf16 cost it 18 points
+    assert allowed_precisions(AUTHORS, "linear") == ("fp32", "bf16", "bf16_head")
+    # bf16 cost the two-layer scorer 18 points; the head alone in bf16 did not
+    assert allowed_precisions(AUTHORS, "mlp_shared") == ("fp32", "bf16_head")
     forced = dataclasses.replace(AUTHORS, precision="bf16")
     assert allowed_precisions(forced, "mlp_shared") == ("bf16",)
     network = {"num_classes": 16, "unit": "linear", "shifting": True, "dropout": 0.5,
@@ -383,7 +399,7 @@ def test_a_saved_state_keeps_its_precision_and_counts_its_epochs(
                                schedule=dataclasses.replace(QUICK, epochs=4))
     cell = GridConfig("linear", 2, True, 0)
     fresh, fresh_epoch, fresh_done = cell_cost(ours, store, cell)
-    assert set(fresh.milliseconds) == {"fp32", "bf16"}  # both timed, the faster chosen
+    assert set(fresh.milliseconds) == {"fp32", "bf16", "bf16_head"}  # all timed, fastest chosen
     assert fresh_done == 0
     model = torch.nn.Linear(2, 2)
     save_training_state(ours.runs_dir / cell.name,

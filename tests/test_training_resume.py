@@ -1,5 +1,6 @@
 """A killed training run continues from last.pt to the very weights of an uninterrupted one,
-and bf16 autocast trains as well as fp32 (on small synthetic stores, tests/fake_store.py)."""
+and the lower precisions (pipeline/train/precision.py) train as well as fp32 (on small
+synthetic stores, tests/fake_store.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import torch
 
 import pipeline.train.loop as loop
 from extract.errors import UserError
+from model.network import AttentionClusterNet
 from pipeline.train.checkpoint import load_checkpoint
 from pipeline.train.config import TrainConfig
 from pipeline.train.loop import train
+from pipeline.train.precision import PRECISIONS, forward_in
 from pipeline.training_state import LAST_NAME, discard_other_state
 from tests.fake_store import make_store
 
@@ -108,12 +111,33 @@ def test_last_state_of_other_settings_is_refused(
     assert not (tmp_path / LAST_NAME).exists()
 
 
-def test_bf16_autocast_trains_like_fp32(store: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["bf16", "bf16_head"])
+def test_lower_precisions_train_like_fp32(store: Path, tmp_path: Path, precision: str) -> None:
     full = train(store, tmp_path / "fp32", config(epochs=6, schedule="none"))
-    half = train(store, tmp_path / "bf16", config(epochs=6, schedule="none", precision="bf16"))
+    half = train(store, tmp_path / precision,
+                 config(epochs=6, schedule="none", precision=precision))
     assert half.best_metrics["top1"] > 0.75  # chance is 0.25
     assert abs(half.best_metrics["top1"] - full.best_metrics["top1"]) <= 0.1
     assert half.history != full.history  # it did run in lower precision
     assert all(v.dtype == torch.float32 for v in weights(half.checkpoint).values())
-    with pytest.raises(UserError, match="precision must be one of fp32, bf16"):
+    with pytest.raises(UserError, match="precision must be one of fp32, bf16, bf16_head"):
         config(precision="fp16")
+
+
+def test_bf16_head_leaves_the_attention_in_fp32() -> None:
+    torch.manual_seed(0)
+    model = AttentionClusterNet({"rgb": (12, 4)}, num_classes=5, unit="mlp_shared",
+                                shifting=True, dropout=0.0, head="linear", hidden=8).eval()
+    inputs = {"rgb": (torch.randn(3, 7, 12), torch.ones(3, 7, dtype=torch.bool),
+                      torch.ones(3, dtype=torch.bool))}
+    cpu = torch.device("cpu")
+    plain_logits, plain_attention = model(inputs)
+    logits, attention = {}, {}
+    for precision in PRECISIONS:
+        logits[precision], attention[precision] = forward_in(model, inputs, precision, cpu)
+    assert torch.equal(logits["fp32"], plain_logits)  # fp32 is the plain forward pass
+    assert logits["fp32"].dtype == torch.float32
+    assert logits["bf16"].dtype == logits["bf16_head"].dtype == torch.bfloat16
+    assert torch.equal(attention["bf16_head"]["rgb"], plain_attention["rgb"])
+    assert not torch.equal(attention["bf16"]["rgb"], plain_attention["rgb"])
+    torch.testing.assert_close(logits["bf16_head"].float(), plain_logits, rtol=0.05, atol=0.05)

@@ -21,11 +21,11 @@ from pipeline.study.attention import FIGURE_MAX_UNITS
 from pipeline.study.figure import CURVES_NAME, FIGURE_NAME
 from pipeline.study.settings import (
     BATCH_SIZE,
-    BF16_UNITS,
     DROPOUT,
     PUBLIC,
     UNIT_LABELS,
     Settings,
+    auto_precisions,
 )
 
 PRECISION_CHECK = "reproduction-precision.json"  # bench/flash_precision.py --write-docs
@@ -166,15 +166,25 @@ def read_check(docs_dir: Path, name: str) -> dict[str, Any] | None:
         return None
 
 
+def seeds_text(run: dict[str, Any], side: str) -> str:
+    """One side's test top-1 of a precision check: seed 0's, or the mean and each seed's."""
+    by_seed = run.get(f"{side}_top1_by_seed", [])
+    if len(by_seed) < 2:
+        return f"{100 * run[f'{side}_top1']:.1f}%"
+    return (f"{100 * run[f'{side}_top1']:.1f}% (seeds {', '.join(map(str, run['seeds']))}: "
+            f"{' / '.join(f'{100 * v:.1f}' for v in by_seed)})")
+
+
 def precision_text(docs_dir: Path) -> str:
     check = read_check(docs_dir, PRECISION_CHECK)
     if check is None:
-        return "(bf16 check not run: `python bench/flash_precision.py --write-docs`)"
+        return "(precision check not run: `python bench/flash_precision.py --write-docs`)"
     rows = "; ".join(
-        f"{r['config']}: fp32 {100 * r['fp32_top1']:.1f}% vs bf16 {100 * r['bf16_top1']:.1f}%"
-        f" after {r['epochs']} epochs, bf16 {r['speedup']:.2f}x as fast"
-        for r in check["runs"])
-    return (f"measured by `bench/flash_precision.py` on {check['machine']} with "
+        f"{r['config']}: fp32 {seeds_text(r, 'fp32')} vs {r['precision']} "
+        f"{seeds_text(r, 'low')} after {r['epochs']} epochs, {r['precision']} "
+        f"{r['speedup']:.2f}x as fast" for r in check["runs"])
+    machines = sorted({r["machine"] for r in check["runs"]})
+    return (f"measured by `bench/flash_precision.py` on {'; '.join(machines)} with "
             f"{check['videos_per_class']} training videos per class (times include loading "
             f"the store, on a loaded machine): {rows}")
 
@@ -201,15 +211,18 @@ def dropout_text(docs_dir: Path) -> str:
 
 
 def precision_line(precision: str, units: Sequence[str]) -> str:
-    """Which configurations trained their forward pass under bf16 autocast."""
+    """Which precisions the configurations could train their forward pass in."""
     if precision != "auto":
         return f"every configuration's training forward pass in {precision}"
-    half = [UNIT_LABELS[u] for u in ("avg", *units) if u in BF16_UNITS]
-    full = [UNIT_LABELS[u] for u in units if u not in BF16_UNITS]
-    return (f"the training forward pass in fp32 for {' and '.join(full) or 'no'} units; for "
-            f"{' and '.join(half) or 'no'} units under bf16 autocast where a few timed steps "
-            f"of the configuration found it faster on the machine, else fp32 (each result "
-            f"records its `precision` and `step_ms`)")
+    parts = []
+    for unit in ("avg", *units):
+        allowed = auto_precisions(unit)
+        if len(allowed) > 1:
+            parts.append(f"{UNIT_LABELS[unit]} among {', '.join(allowed)}")
+    return ("the training forward pass in fp32, or where a few timed steps of the "
+            "configuration found it faster on the machine in a lower precision shown harmless "
+            f"below (bf16: all of it under bf16 autocast; bf16_head: the classifier head only): "
+            f"{'; '.join(parts)} (each result records its `precision` and `step_ms`)")
 
 
 def reading_text(lenet: dict[str, Any]) -> str:

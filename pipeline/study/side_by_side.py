@@ -31,14 +31,18 @@ def train_variant(store: Path, out_dir: Path, cell: GridConfig, epochs: int, pre
     return [h["val"]["top1"] for h in outcome.history], time.perf_counter() - started
 
 
-def check_arguments(description: str, docs_name: str) -> argparse.Namespace:
-    """The options every check takes (--store, --quick, --write-docs), validated, with torch
-    at one thread as the grid's workers."""
+def check_parser(description: str, docs_name: str) -> argparse.ArgumentParser:
+    """The options every check takes: --store, --quick, --write-docs."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--store", type=Path, default=Path("data/flash-mnist/features.zarr"))
     parser.add_argument("--quick", action="store_true", help="one small configuration")
     parser.add_argument("--write-docs", action="store_true", help=f"also write docs/{docs_name}")
-    args = parser.parse_args()
+    return parser
+
+
+def checked(args: argparse.Namespace) -> argparse.Namespace:
+    """`args` once the store exists (else one line and exit 1), torch at one thread as the
+    grid's workers."""
     if not args.store.exists():
         sys.exit(f"error: no feature store at {args.store} (run `python cli.py reproduce` "
                  "first, or pass --store)")

@@ -1,11 +1,13 @@
 """What a training step of one grid configuration costs here, and so which precision it uses.
 
-Why measured: bf16 autocast is allowed only for the units whose accuracy it leaves unchanged
-(settings.BF16_UNITS, shown by bench/flash_precision.py), and whether it is faster depends on
-the CPU: 2.8x as fast at N=8 on an AMD EPYC, 0.64x at N=32 and 0.80x at N=128 on an Intel Xeon
-without AMX (docs/reproduction.md). So each configuration times a few steps of its own model
-in every allowed precision and trains in the fastest; the time per step also tells a grid
-worker whether the configuration can finish before its deadline (`reproduce --hours`).
+Why measured: a lower precision is allowed only for the units whose accuracy it leaves
+unchanged (settings.auto_precisions, shown by bench/flash_precision.py), and whether it is
+faster depends on the CPU and the size: bf16 was 2.8x as fast at N=8 on an AMD EPYC, 0.64x at
+N=32 and 0.80x at N=128 on an Intel Xeon without AMX; bf16_head speeds up large clusters,
+whose step is mostly the head (docs/reproduction.md). So each configuration times a few
+steps of its own model in every allowed precision and trains in the fastest; the time per
+step also tells a grid worker whether the configuration can finish before its deadline
+(`reproduce --hours`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 
 from model.network import AttentionClusterNet, loss_fn
+from pipeline.train.precision import forward_in
 
 WARMUP_STEPS = 3
 TIMED_STEPS = 12
@@ -43,8 +46,7 @@ def _step_ms(model: AttentionClusterNet, inputs: tuple[torch.Tensor, ...], label
     device = labels.device
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits, _ = model({"probe": inputs})
+        logits, _ = forward_in(model, {"probe": inputs}, precision, device)
         loss = criterion(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -20,11 +20,11 @@ import torch
 from extract.errors import UserError
 from model.attention import UNIT_KINDS
 from model.network import HEADS
+from pipeline.train.precision import PRECISIONS
 
 SCHEDULES = ("none", "cosine", "step")
 # Settings that change how a run looks or where it runs, not what it computes.
 PRESENTATION_KEYS = ("progress", "device", "num_workers", "streaming", "memory_budget_gb")
-PRECISIONS = ("fp32", "bf16")
 THREADS_ENV = "AC_TORCH_THREADS"  # torch CPU threads of `train` and of `classify`'s model
 DEFAULT_THREADS = 1  # 0: torch's own choice, one per core (see torch_threads)
 
@@ -79,8 +79,9 @@ class TrainConfig:
     head: str = "linear"
     hidden: int = 128
     seed: int = 0
-    # bf16: the training forward pass under bf16 autocast (weights, optimiser and validation
-    # stay fp32); about 2x faster on CPUs with AVX512-BF16 or AMX and on recent GPUs.
+    # fp32, bf16 or bf16_head: the training forward pass, all or only the head under bf16
+    # autocast (pipeline/train/precision.py); faster on CPUs with AVX512-BF16 or AMX and on
+    # recent GPUs.
     precision: str = "fp32"
     device: str = "auto"
     memory_budget_gb: float | None = None  # None: half the available memory

@@ -44,6 +44,7 @@ from pipeline.train.metrics import (
     write_per_class_csv,
 )
 from pipeline.train.plots import plot_confusion, plot_curves
+from pipeline.train.precision import forward_in
 from pipeline.training_state import LAST_NAME, restore_training_state, save_training_state
 
 
@@ -143,13 +144,11 @@ def train_epoch(
         disable=not config.progress,
         leave=False,
     )
-    low_precision = config.precision == "bf16"
     for inputs, labels in data.train.batches(
         config.batch_size, shuffle=True, seed=config.seed * 1_000_003 + epoch
     ):
         labels = labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low_precision):
-            logits, _ = model(to_device(inputs, device))
+        logits, _ = forward_in(model, to_device(inputs, device), config.precision, device)
         loss = criterion(logits.float(), labels)
         value = float(loss.detach())
         if not math.isfinite(value):  # stop before the weights become NaN

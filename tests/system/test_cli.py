@@ -96,7 +96,7 @@ def test_cli_reproduce_has_help() -> None:
 @pytest.mark.parametrize(("args", "expected"), [
     (["--sizes", "0,x"], "--sizes must be whole numbers, got '0,x'"),
     (["--epochs", "0"], "--epochs must be positive, got 0"),
-    (["--precision", "fp16"], "--precision must be one of auto, fp32, bf16, got 'fp16'"),
+    (["--precision", "fp16"], "--precision must be one of auto, fp32, bf16, bf16_head, got 'fp16'"),
 ])
 def test_cli_reproduce_refuses_a_bad_value_in_one_line(tmp_path: Path, args: list[str],
                                                       expected: str) -> None:
