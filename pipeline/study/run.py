@@ -219,11 +219,10 @@ def _train_cells(settings: Settings, store: Path, fingerprint: str) -> int:
             ledger = update_ledger(settings.docs_dir, {}, result, keys)
         refresh_docs(settings, keys, store)
         trained += 1
-        done = len(current_results(ledger, keys))
         log(f"[{index}/{len(cells)}] {cell.name}: test top-1 last {100 * result['top1']:.1f}%"
             f", best {100 * result['best_top1']:.1f}% (epoch {result['best_epoch']}) after "
-            f"{result['epochs']} epochs; {result['seconds'] / 60:.0f} min; {done} of "
-            f"{len(cells)} recorded")
+            f"{result['epochs']} epochs; {result['seconds'] / 60:.0f} min; "
+            f"{len(current_results(ledger, keys))} of {len(cells)} recorded")
     return trained
 
 
