@@ -67,13 +67,10 @@ def test_attention(model: AttentionClusterNet, store: Path, dataset: Path,
     }
 
 
-def feature_norms(store: Path, dataset: Path) -> dict[str, float]:
+def feature_norms(features: np.ndarray, frame_digit: np.ndarray) -> dict[str, float]:
     """Mean L2 norm of the test videos' LeNet features on digit frames and on noise frames."""
-    flash = zarr.open_group(str(dataset), mode="r")
-    n_train, _ = split_sizes(flash)
-    (features,) = open_store(store).read(MODALITY, slice(n_train, None), fields=("features",))
     norms = np.linalg.norm(features.astype(np.float32), axis=-1)
-    is_digit = flash["test/frame_digit"][:] != NOISE
+    is_digit = frame_digit != NOISE
     return {"digit": float(norms[is_digit].mean()), "noise": float(norms[~is_digit].mean())}
 
 

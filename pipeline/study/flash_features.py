@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from pipeline.datasets.generated.flash_mnist import CLASSES, DIGITS, FRAMES
 from pipeline.store.create import create_store
-from pipeline.store.feature_store import FeatureStore
+from pipeline.store.feature_store import FeatureStore, open_store
 from pipeline.store.format import ModalitySpec, Split, Status
 from pipeline.study.lenet import FEATURE_DIM, LeNet
 
@@ -44,6 +44,16 @@ def class_names() -> list[str]:
 def split_sizes(dataset: zarr.Group) -> tuple[int, int]:
     """(train videos, test videos) of a generated Flash-MNIST group."""
     return int(dataset["train/label"].shape[0]), int(dataset["test/label"].shape[0])
+
+
+def test_videos(store_path: Path, dataset_path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The test videos' stored features (V, 25, 50), frame_digit (V, 25) and labels (V,):
+    what the analyses of the trained features read, once."""
+    dataset = zarr.open_group(str(dataset_path), mode="r")
+    n_train, _ = split_sizes(dataset)
+    (features,) = open_store(store_path).read(MODALITY, slice(n_train, None),
+                                              fields=("features",))
+    return features, dataset["test/frame_digit"][:], dataset["test/label"][:]
 
 
 @torch.inference_mode()

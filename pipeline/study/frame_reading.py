@@ -10,15 +10,10 @@ numbers measured with `--mnist-dir` put MNIST's difficulty beside ours.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
-import zarr
 
 from pipeline.datasets.generated.flash_mnist import DIGITS, NOISE, NOISE_LABEL
-from pipeline.store.feature_store import open_store
-from pipeline.study.flash_features import MODALITY, split_sizes
 from pipeline.study.lenet import LeNet
 
 
@@ -35,17 +30,14 @@ def read_classes(labels: np.ndarray) -> np.ndarray:
     return (present * (1 << np.arange(DIGITS))).sum(axis=1)
 
 
-def frame_reading(model: LeNet, store: Path, dataset: Path) -> dict[str, float]:
+def frame_reading(model: LeNet, features: np.ndarray, frame_digit: np.ndarray,
+                  labels: np.ndarray) -> dict[str, float]:
     """The LeNet's accuracy on the test videos' digit and noise frames, and the top-1 of
-    reading each test video's class off its frame labels."""
-    flash = zarr.open_group(str(dataset), mode="r")
-    n_train, _ = split_sizes(flash)
-    (features,) = open_store(store).read(MODALITY, slice(n_train, None), fields=("features",))
-    labels = frame_labels(model, features)
-    truth = flash["test/frame_digit"][:]
-    is_digit = truth != NOISE
+    reading each test video's class off its frame labels (flash_features.test_videos)."""
+    predicted = frame_labels(model, features)
+    is_digit = frame_digit != NOISE
     return {
-        "digit_frame_accuracy": float((labels == truth)[is_digit].mean()),
-        "noise_frame_accuracy": float((labels == NOISE_LABEL)[~is_digit].mean()),
-        "frames_read_top1": float((read_classes(labels) == flash["test/label"][:]).mean()),
+        "digit_frame_accuracy": float((predicted == frame_digit)[is_digit].mean()),
+        "noise_frame_accuracy": float((predicted == NOISE_LABEL)[~is_digit].mean()),
+        "frames_read_top1": float((read_classes(predicted) == labels).mean()),
     }

@@ -40,7 +40,7 @@ from pipeline.study.attention import (
     untrained_like,
 )
 from pipeline.study.figure import FIGURE_NAME, draw_attention_figure, draw_curves
-from pipeline.study.flash_features import MODALITY
+from pipeline.study.flash_features import MODALITY, test_videos
 from pipeline.study.frame_reading import frame_reading
 from pipeline.study.ledger import (
     claim,
@@ -299,6 +299,7 @@ def reproduce(settings: Settings, jobs: int = 1, train_grid: bool = True) -> dic
     cells = grid(settings.sizes, settings.units, settings.schedule)
     keys = {c.name: cell_key(settings, fingerprint, c) for c in cells}
     flash = zarr.open_group(str(dataset), mode="r")
+    features, frame_digit, labels = test_videos(store, dataset)
     fields = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "schedule": dataclasses.asdict(settings.schedule),
@@ -313,8 +314,8 @@ def reproduce(settings: Settings, jobs: int = 1, train_grid: bool = True) -> dic
                   "parameters": parameter_count(lenet.model),
                   "test_accuracy": lenet.test_accuracy, "train_accuracy": lenet.train_accuracy,
                   "seconds": round(lenet.seconds, 1),
-                  **frame_reading(lenet.model, store, dataset)},
-        "feature_norms": feature_norms(store, dataset),
+                  **frame_reading(lenet.model, features, frame_digit, labels)},
+        "feature_norms": feature_norms(features, frame_digit),
         "public_reproduction": {u: {str(n): v for n, v in c.items()} for u, c in PUBLIC.items()},
     }
     update_ledger(settings.docs_dir, fields, None, keys)
