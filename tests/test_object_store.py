@@ -308,3 +308,29 @@ def test_cooperate_on_a_local_disk_fills_the_store_of_a_plain_run(
         np.testing.assert_array_equal(found[key], values, err_msg=key)
     assert list((tmp_path / ".coop.zarr.leases").iterdir()) == []
     assert not (tmp_path / ".coop.zarr.lock").exists()
+
+
+def test_a_reader_on_disk_never_sees_an_object_half_written(tmp_path: Path) -> None:
+    """A half-written lock record read as empty passes for a dead lock, which a second run
+    then takes over while the first holds it: creates and replaces must look atomic."""
+    url, record = str(tmp_path / "leases" / "write-000000"), b'{"pid": 1}' * 400
+    seen: set[bytes | None] = set()
+    done = threading.Event()
+
+    def read_all_the_time() -> None:
+        while not done.is_set():
+            found = objects.read(url)
+            seen.add(found[0] if found else None)
+
+    reader = threading.Thread(target=read_all_the_time)
+    reader.start()
+    try:
+        for _ in range(300):
+            etag = objects.create(url, record)
+            etag = objects.replace(url, record[::-1], etag)
+            objects.remove(url)
+    finally:
+        done.set()
+        reader.join()
+    assert seen <= {None, record, record[::-1]}, sorted(len(s or b"") for s in seen)
+    assert objects.files_under(str(tmp_path / "leases")) == []  # no staged file left

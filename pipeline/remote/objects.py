@@ -4,8 +4,10 @@ Object storage has no rename and no `flock`; what it does have, on S3 and its co
 (and moto), are conditional writes: create-if-absent (`If-None-Match: *`) and replace-if-
 unchanged (`If-Match: <etag>`). The store's lock and the cooperating runs' leases are built
 on those two alone. Listings are never taken from fsspec's cache: other runs change them.
-Plain paths work too (a store on a shared disk): create is `O_EXCL`, the etag is the content's
-md5, and replace compares and writes under an exclusive `flock` of the file.
+Plain paths work too (a store on a shared disk): create links a finished temporary file into
+place (so no reader ever sees a half-written record, which would pass for a dead lock), the
+etag is the content's md5, replace compares and writes under an exclusive `flock` of the file
+and a read takes a shared one (so it never sees a replace half done).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import os
+import uuid
 from typing import Any
 
 from pipeline.remote.urls import filesystem
@@ -35,14 +39,27 @@ def _lost_race(exc: BaseException) -> bool:
 def read(url: str) -> tuple[bytes, str] | None:
     """(content, etag) of the object at `url`, or None if there is none."""
     fs, path = filesystem(url)
+    if not _refreshes(fs):
+        return _read_file(path)
     try:
-        info = fs.info(path, refresh=True) if _refreshes(fs) else fs.info(path)
+        info = fs.info(path, refresh=True)
         if info.get("type") != "file":
             return None
         content = fs.cat_file(path)
     except FileNotFoundError:
         return None
     return content, str(info.get("ETag") or hashlib.md5(content).hexdigest())
+
+
+def _read_file(path: str) -> tuple[bytes, str] | None:
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 (held while locked)
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        content = handle.read()
+    return content, hashlib.md5(content).hexdigest()
 
 
 def _refreshes(fs: Any) -> bool:
@@ -53,7 +70,7 @@ def create(url: str, content: bytes) -> str:
     """Write the object only if none exists (else `Conflict`); returns its etag."""
     fs, path = filesystem(url)
     if not _refreshes(fs):
-        fs.makedirs(fs._parent(path), exist_ok=True)
+        return _create_file(url, path, content)
     try:
         fs.pipe_file(path, content, mode="create")
     except FileExistsError:
@@ -64,6 +81,25 @@ def create(url: str, content: bytes) -> str:
         raise
     found = read(url)
     return found[1] if found else ""
+
+
+STAGED_SUFFIX = ".partial"  # a create in flight (or killed mid-way): not an object
+
+
+def _create_file(url: str, path: str, content: bytes) -> str:
+    """Write a hidden temporary file whole, then hard-link it to `path` (fails if it exists)."""
+    parent, _, name = path.rpartition("/")
+    os.makedirs(parent or ".", exist_ok=True)
+    staged = f"{parent}/.{name}.{uuid.uuid4().hex}{STAGED_SUFFIX}"
+    with open(staged, "wb") as handle:
+        handle.write(content)
+    try:
+        os.link(staged, path)
+    except FileExistsError:
+        raise Conflict(url) from None
+    finally:
+        os.unlink(staged)
+    return hashlib.md5(content).hexdigest()
 
 
 def replace(url: str, content: bytes, etag: str) -> str:
@@ -120,12 +156,13 @@ def files_under(url: str) -> list[str]:
     except FileNotFoundError:
         return []
     prefix = path.rstrip("/") + "/"
-    return sorted(name[len(prefix):] for name in found if name.startswith(prefix))
+    return sorted(name[len(prefix):] for name in found
+                  if name.startswith(prefix) and not name.endswith(STAGED_SUFFIX))
 
 
 def remove_tree(url: str) -> None:
     fs, path = filesystem(url)
     fs.invalidate_cache()
-    if files_under(url):
+    if fs.exists(path):
         fs.rm(path, recursive=True)
     fs.invalidate_cache()
