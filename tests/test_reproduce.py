@@ -32,7 +32,14 @@ from pipeline.study.frame_reading import frame_labels, read_classes
 from pipeline.study.ledger import claim, current_results, read_ledger
 from pipeline.study.lenet import LeNet, load_lenet, parameter_count
 from pipeline.study.prepare import LENET_NAME
-from pipeline.study.report import DROPOUT_CHECK, PRECISION_CHECK, precision_text, write_report
+from pipeline.study.report import (
+    BATCHED_CHECK,
+    DROPOUT_CHECK,
+    PRECISION_CHECK,
+    batched_text,
+    precision_text,
+    write_report,
+)
 from pipeline.study.run import (
     cell_cost,
     cell_key,
@@ -121,6 +128,21 @@ def test_the_dropout_check_is_quoted_in_the_report(tiny_run: tuple[Settings, dic
     ours = dataclasses.replace(settings, docs_dir=tmp_path / "docs")
     markdown = write_report(ours, report).read_text()
     assert f"sit at {check['features']['offset']:.1f} on average" in markdown
+
+
+def test_the_batched_seeds_check_computes_the_separate_gradients_and_is_quoted(
+        tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parent.parent / "bench" / "flash_batched.py"
+    subprocess.run([sys.executable, str(script), "--quick", "--write-docs", "--seeds", "2"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    check = json.loads((tmp_path / "docs" / BATCHED_CHECK).read_text())
+    (run,) = check["runs"]
+    assert check["seeds"] == 2 and run["config"] == "linear N=1"
+    assert 0 <= run["max_gradient_difference"] < 1e-5  # the stacked step is the same step
+    assert run["separate_ms"] > 0 and run["stacked_ms"] > 0
+    text = batched_text(tmp_path / "docs")
+    assert f"linear N=1 {run['speedup']:.2f}x the speed of 2 separate steps" in text
+    assert "one process per core" in text or "would gain" in text
 
 
 def test_a_precision_check_is_quoted_with_each_seed(tmp_path: Path) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.study.attention import FIGURE_MAX_UNITS
 from pipeline.study.figure import CURVES_NAME, FIGURE_NAME
 from pipeline.study.settings import (
     BATCH_SIZE,
@@ -30,6 +29,7 @@ from pipeline.study.settings import (
 
 PRECISION_CHECK = "reproduction-precision.json"  # bench/flash_precision.py --write-docs
 DROPOUT_CHECK = "reproduction-dropout.json"  # bench/flash_dropout.py --write-docs
+BATCHED_CHECK = "reproduction-batched.json"  # bench/flash_batched.py --write-docs
 PENDING = "·"
 
 
@@ -139,8 +139,8 @@ def attention_text(report: dict[str, Any]) -> list[str]:
         return ["Not measured yet: no trained model of this grid is on this machine."]
     untrained, norms = att["untrained"], report["feature_norms"]
     return [
-        f"Model: `{att['run']}` (the most accurate attention configuration with at most "
-        f"{FIGURE_MAX_UNITS} units trained on the machine that wrote this). Over the "
+        f"Model: `{att['run']}` (the most accurate attention configuration among those "
+        "whose checkpoints were on the machine that wrote this). Over the "
         f"{att['videos']:,} test videos that show at least one digit, **digit frames are "
         f"{100 * att['digit_frame_share']:.0f}% of the frames and get "
         f"{100 * att['digit_attention_mass']:.0f}% of the attention** (mean over the units); "
@@ -208,6 +208,25 @@ def dropout_text(docs_dir: Path) -> str:
             "rescales each unit's output, so the rows with shifting learn under the same "
             "dropout. "
             f"Measured by `bench/flash_dropout.py` (test top-1, no shifting): {rows}.")
+
+
+def batched_text(docs_dir: Path) -> str:
+    """Whether one batched step for a configuration's seeds pays, from bench/flash_batched.py."""
+    check = read_check(docs_dir, BATCHED_CHECK)
+    if check is None:
+        return ("Batching the seeds: (check not run: `python bench/flash_batched.py "
+                "--write-docs`)")
+    rows = ", ".join(f"{r['config']} {r['speedup']:.2f}x" for r in check["runs"])
+    largest = max(r["max_gradient_difference"] for r in check["runs"])
+    best = max(r["speedup"] for r in check["runs"])
+    verdict = (f"at most {best:.2f}x, so the grid trains one configuration per process, one "
+               "process per core" if best < 1.5 else "which a batched grid runner would gain")
+    return (f"Batching the seeds: {check['seeds']} seeds of a configuration trained as one "
+            "computation (their weights stacked, one vmap-ed step, one fused Adam; the same "
+            f"gradients as separate steps to {largest:.0e} of their largest entry, with "
+            f"dropout off) run at {rows} the "
+            f"speed of {check['seeds']} separate steps, measured by `bench/flash_batched.py` "
+            f"on {check['machine']}: {verdict}")
 
 
 def precision_line(precision: str, units: Sequence[str]) -> str:
@@ -301,6 +320,7 @@ def write_report(settings: Settings, report: dict[str, Any]) -> Path:
         f"- Precision: {precision_line(schedule['precision'], report['units'])} (weights, Adam "
         f"and the test evaluation always fp32); {precision_text(settings.docs_dir)}.",
         f"- Time: {timing_text(results)}.",
+        f"- {batched_text(settings.docs_dir)}.",
         "",
         "## Test top-1 (%) after the last epoch",
         "",

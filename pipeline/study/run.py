@@ -30,6 +30,7 @@ import zarr
 from extract.device import resolve_device
 from extract.errors import UserError
 from pipeline.datasets.generated.flash_mnist import STORE_NAME
+from pipeline.processes import die_with_parent
 from pipeline.store.feature_store import open_store
 from pipeline.store.format import Split
 from pipeline.study.attention import (
@@ -186,6 +187,13 @@ def grid_worker(settings: Settings, store: Path, fingerprint: str, threads: int 
             os.environ[THREADS_ENV] = before
 
 
+def child_grid_worker(parent_pid: int, settings: Settings, store: Path, fingerprint: str,
+                      threads: int | None) -> int:
+    """A grid worker in a child process, stopped when the run that started it dies."""
+    die_with_parent(parent_pid)
+    return grid_worker(settings, store, fingerprint, threads)
+
+
 def _train_cells(settings: Settings, store: Path, fingerprint: str) -> int:
     cells = grid(settings.sizes, settings.units, settings.schedule)
     keys = {c.name: cell_key(settings, fingerprint, c) for c in cells}
@@ -246,7 +254,8 @@ def run_workers(settings: Settings, store: Path, fingerprint: str, jobs: int) ->
     """`jobs` grid workers: this process and jobs - 1 children, one share of the cores each."""
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     context = multiprocessing.get_context("spawn")
-    children = [context.Process(target=grid_worker, args=(settings, store, fingerprint, threads))
+    children = [context.Process(target=child_grid_worker,
+                                args=(os.getpid(), settings, store, fingerprint, threads))
                 for _ in range(jobs - 1)]
     for child in children:
         child.start()
@@ -264,7 +273,7 @@ def run_workers(settings: Settings, store: Path, fingerprint: str, jobs: int) ->
 def attention_analysis(settings: Settings, results: list[dict[str, Any]],
                        previous: dict[str, Any] | None, store: Path, dataset: Path,
                        device: torch.device) -> dict[str, Any] | None:
-    """Where the attention goes, for the best legible model trained here; the previous
+    """Where the attention goes, for the most accurate model trained here; the previous
     analysis is kept when its model is still the better one (checkpoints stay in runs/)."""
     local = [r for r in results if r["unit"] != "avg"
              and (settings.runs_dir / r["name"] / "best.pt").exists()]
