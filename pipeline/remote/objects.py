@@ -48,7 +48,12 @@ def read(url: str) -> tuple[bytes, str] | None:
         content = fs.cat_file(path)
     except FileNotFoundError:
         return None
-    return content, str(info.get("ETag") or hashlib.md5(content).hexdigest())
+    return content, str(info.get("ETag") or content_etag(content))
+
+
+def content_etag(content: bytes) -> str:
+    """A file's etag on disk (and an object's where the store gives none): its md5."""
+    return hashlib.md5(content).hexdigest()
 
 
 def _read_file(path: str) -> tuple[bytes, str] | None:
@@ -59,7 +64,7 @@ def _read_file(path: str) -> tuple[bytes, str] | None:
     with handle:
         fcntl.flock(handle, fcntl.LOCK_SH)
         content = handle.read()
-    return content, hashlib.md5(content).hexdigest()
+    return content, content_etag(content)
 
 
 def _refreshes(fs: Any) -> bool:
@@ -99,7 +104,7 @@ def _create_file(url: str, path: str, content: bytes) -> str:
         raise Conflict(url) from None
     finally:
         os.unlink(staged)
-    return hashlib.md5(content).hexdigest()
+    return content_etag(content)
 
 
 def replace(url: str, content: bytes, etag: str) -> str:
@@ -126,13 +131,13 @@ def _replace_file(url: str, path: str, content: bytes, etag: str) -> str:
         raise Conflict(url) from None
     with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        if hashlib.md5(handle.read()).hexdigest() != etag:
+        if content_etag(handle.read()) != etag:
             raise Conflict(url)
         handle.seek(0)
         handle.truncate()
         handle.write(content)
         handle.flush()
-    return hashlib.md5(content).hexdigest()
+    return content_etag(content)
 
 
 def remove(url: str) -> None:
