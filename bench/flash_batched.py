@@ -6,7 +6,8 @@ architecture, so their weights can be stacked and one training step run for all 
 `--seeds` separate steps against one stacked step, at one thread as the grid's workers, in
 alternating rounds (the ratio of each round, median over rounds), on random features of the
 grid's shape, and checks that the stacked step computes what the separate ones do: with
-dropout off, the largest relative gradient difference of a first step on the same batches.
+dropout off, the largest relative gradient difference of a first step on the same batches
+(only the first: after it, Adam's sign-moves of near-zero gradients part them, see below).
 docs/reproduction.md quotes it (`--write-docs` saves docs/reproduction-batched.json).
 
 Usage: .venv/bin/python bench/flash_batched.py [--quick] [--write-docs]
@@ -33,12 +34,11 @@ from model.network import AttentionClusterNet  # noqa: E402
 from pipeline.atomic import write_json_atomic  # noqa: E402
 from pipeline.study.flash_features import MODALITY  # noqa: E402
 from pipeline.study.report import BATCHED_CHECK, machine_description  # noqa: E402
-from pipeline.study.settings import BATCH_SIZE, DROPOUT  # noqa: E402
+from pipeline.study.settings import AUTHORS, BATCH_SIZE, DROPOUT  # noqa: E402
 
 POSITIONS, WIDTH, CLASSES = 25, 50, 1024  # a Flash-MNIST video's LeNet features
 CONFIGS = (("linear", 1), ("linear", 8), ("mlp_shared", 1), ("mlp_shared", 8))
 QUICK_CONFIGS = (("linear", 1),)
-EQUALITY_STEPS = 1  # after that, Adam's sign-moves of near-zero gradients (below) part them
 
 
 class ClusterAndHead(nn.Module):
@@ -66,7 +66,7 @@ def made(unit: str, units: int, seeds: int, dropout: float) -> list[ClusterAndHe
 def separate_stepper(models: list[ClusterAndHead]) -> Callable[[torch.Tensor, torch.Tensor,
                                                                torch.Tensor], None]:
     """One training step of each model on its own batch (what the grid runs today)."""
-    optimizers = [torch.optim.Adam(m.parameters(), lr=1e-3, fused=True) for m in models]
+    optimizers = [torch.optim.Adam(m.parameters(), lr=AUTHORS.lr, fused=True) for m in models]
 
     def step(features: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> None:
         for index, (model, optimizer) in enumerate(zip(models, optimizers, strict=True)):
@@ -84,7 +84,7 @@ def stacked_stepper(models: list[ClusterAndHead]) -> tuple[
     summed, so each model's gradient is its own loss's (the weights are disjoint)."""
     stacked, buffers = stack_module_state(models)
     weights = {name: nn.Parameter(value) for name, value in stacked.items()}
-    optimizer = torch.optim.Adam(weights.values(), lr=1e-3, fused=True)
+    optimizer = torch.optim.Adam(weights.values(), lr=AUTHORS.lr, fused=True)
     template = copy.deepcopy(models[0]).to("meta")
 
     def one(weights: dict, buffers: dict, features: torch.Tensor, mask: torch.Tensor
@@ -122,9 +122,9 @@ def largest_difference(unit: str, units: int, seeds: int) -> float:
     separate = made(unit, units, seeds, dropout=0.0)
     stacked_step, weights = stacked_stepper(made(unit, units, seeds, dropout=0.0))
     separate_step = separate_stepper(separate)
-    for features, labels in random_batches(seeds, EQUALITY_STEPS):
-        separate_step(features, mask, labels)
-        stacked_step(features, mask, labels)
+    [(features, labels)] = random_batches(seeds, 1)
+    separate_step(features, mask, labels)
+    stacked_step(features, mask, labels)
     largest = 0.0
     for index, model in enumerate(separate):
         used = [(name, p.grad) for name, p in model.named_parameters()
