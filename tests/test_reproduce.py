@@ -23,10 +23,10 @@ import zarr
 import pipeline.study.run as study_run
 from extract.errors import UserError
 from pipeline.atomic import write_json_atomic
-from pipeline.datasets.generated.flash_mnist import CLASSES, NOISE
+from pipeline.datasets.generated.flash_mnist import CLASSES, NOISE, STORE_NAME
 from pipeline.store.feature_store import open_store
 from pipeline.store.format import Status
-from pipeline.study.attention import attention_mass
+from pipeline.study.attention import attention_mass, pick_attention_run
 from pipeline.study.flash_features import class_names, frame_features
 from pipeline.study.frame_reading import frame_labels, read_classes
 from pipeline.study.ledger import claim, current_results, read_ledger
@@ -41,6 +41,7 @@ from pipeline.study.report import (
     write_report,
 )
 from pipeline.study.run import (
+    attention_analysis,
     cell_cost,
     cell_key,
     epochs_in_time,
@@ -222,6 +223,23 @@ def test_attention_favours_digit_frames(tiny_run: tuple[Settings, dict]) -> None
     assert attention["run"].startswith("linear-n002-")
     assert 0 < attention["digit_frame_share"] < 1
     assert attention["digit_attention_mass"] > attention["digit_frame_share"]
+
+
+def test_the_attention_of_a_run_continued_since_is_analysed_again(
+        tiny_run: tuple[Settings, dict]) -> None:
+    settings, report = tiny_run
+    current = report["attention"]
+    assert current["epochs"] == QUICK.epochs
+    store, dataset = settings.data_dir / "features.zarr", settings.data_dir / STORE_NAME
+    cpu = torch.device("cpu")
+    assert attention_analysis(settings, report["results"], current, store, dataset,
+                              cpu) is current
+    # Analysed when the run had one epoch fewer: its result has moved on, so it is redone.
+    earlier = {**current, "epochs": QUICK.epochs - 1, "digit_attention_mass": -1.0}
+    redone = attention_analysis(settings, report["results"], earlier, store, dataset, cpu)
+    chosen = pick_attention_run(report["results"])
+    assert redone["run"] == chosen["name"] and redone["epochs"] == chosen["epochs"]
+    assert 0 < redone["digit_attention_mass"] <= 1
 
 
 def test_a_new_machine_continues_from_the_ledger_alone(tiny_run: tuple[Settings, dict],

@@ -133,14 +133,20 @@ def observations(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def after_epochs(analysis: dict[str, Any]) -> str:
+    """", after E epochs" for an analysis that records its model's epochs (older ones did not)."""
+    return f", after {analysis['epochs']} epochs" if "epochs" in analysis else ""
+
+
 def attention_text(report: dict[str, Any]) -> list[str]:
     att = report.get("attention")
     if not att:
         return ["Not measured yet: no trained model of this grid is on this machine."]
     untrained, norms = att["untrained"], report["feature_norms"]
     return [
-        f"Model: `{att['run']}` (the most accurate attention configuration among those "
-        "whose checkpoints were on the machine that wrote this). Over the "
+        f"Model: `{att['run']}`{after_epochs(att)} (the most accurate attention "
+        "configuration among those whose checkpoints were on the machine that wrote this). "
+        "Over the "
         f"{att['videos']:,} test videos that show at least one digit, **digit frames are "
         f"{100 * att['digit_frame_share']:.0f}% of the frames and get "
         f"{100 * att['digit_attention_mass']:.0f}% of the attention** (mean over the units); "

@@ -274,7 +274,9 @@ def attention_analysis(settings: Settings, results: list[dict[str, Any]],
                        previous: dict[str, Any] | None, store: Path, dataset: Path,
                        device: torch.device) -> dict[str, Any] | None:
     """Where the attention goes, for the most accurate model trained here; the previous
-    analysis is kept when its model is still the better one (checkpoints stay in runs/)."""
+    analysis is kept when its model is still the better one and its result has not moved on
+    since (a run continued to more epochs under the same name is analysed again; checkpoints
+    stay in runs/, so a machine without them keeps the previous analysis)."""
     local = [r for r in results if r["unit"] != "avg"
              and (settings.runs_dir / r["name"] / "best.pt").exists()]
     by_name = {r["name"]: r for r in results}
@@ -282,7 +284,8 @@ def attention_analysis(settings: Settings, results: list[dict[str, Any]],
     if not local:
         return kept
     chosen = pick_attention_run(local)
-    if kept and (by_name[kept["run"]]["top1"] >= chosen["top1"] or kept["run"] == chosen["name"]):
+    if kept and kept.get("epochs") == by_name[kept["run"]]["epochs"] and (
+            by_name[kept["run"]]["top1"] >= chosen["top1"] or kept["run"] == chosen["name"]):
         return kept
     checkpoint = load_checkpoint(settings.runs_dir / chosen["name"] / "best.pt")
     trained = model_from_checkpoint(checkpoint, device)
@@ -290,7 +293,7 @@ def attention_analysis(settings: Settings, results: list[dict[str, Any]],
     untrained = test_attention(untrained_like(trained, DATA_SEED), store, dataset, device)
     shown = draw_attention_figure(settings.docs_dir / "figures" / FIGURE_NAME, dataset, analysis,
                                   chosen["name"])
-    return {"run": chosen["name"], "figure_videos": shown,
+    return {"run": chosen["name"], "epochs": chosen["epochs"], "figure_videos": shown,
             **attention_mass(analysis["attention"], analysis["frame_digit"]),
             "untrained": attention_mass(untrained["attention"], untrained["frame_digit"])}
 
