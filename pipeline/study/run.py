@@ -284,8 +284,9 @@ def attention_analysis(settings: Settings, results: list[dict[str, Any]],
     if not local:
         return kept
     chosen = pick_attention_run(local)
-    if kept and kept.get("epochs") == by_name[kept["run"]]["epochs"] and (
-            by_name[kept["run"]]["top1"] >= chosen["top1"] or kept["run"] == chosen["name"]):
+    analysed = by_name[kept["run"]] if kept else None
+    up_to_date = analysed is not None and kept.get("epochs") == analysed["epochs"]
+    if up_to_date and (analysed["top1"] >= chosen["top1"] or kept["run"] == chosen["name"]):
         return kept
     checkpoint = load_checkpoint(settings.runs_dir / chosen["name"] / "best.pt")
     trained = model_from_checkpoint(checkpoint, device)
