@@ -371,8 +371,9 @@ def test_a_passed_deadline_starts_nothing(tiny_run: tuple[Settings, dict], tmp_p
 
 def test_what_ends_before_the_deadline_decides_what_trains() -> None:
     soon = dataclasses.replace(Settings(), deadline=time.time() + 3600)
-    assert epochs_in_time(soon, epoch_seconds=60.0, done=0) == 59  # 60 s: rounding down
-    assert epochs_in_time(soon, epoch_seconds=60.0, done=50) == 100  # at most the schedule's
+    # One hour at 60 s an epoch, planned as 72 s (SLOWDOWN_MARGIN): 49, rounding down.
+    assert epochs_in_time(soon, epoch_seconds=60.0, done=0) == 49
+    assert epochs_in_time(soon, epoch_seconds=60.0, done=60) == 100  # at most the schedule's
     assert epochs_in_time(Settings(), epoch_seconds=1e9, done=0) == 100  # no deadline
     assert skip_reason(30, 100, 0, 100, None) is None  # all fit
     assert skip_reason(30, 100, 0, 59, None) is None  # cut short, but 30 or more fit
@@ -450,3 +451,24 @@ def test_a_saved_state_keeps_its_precision_and_counts_its_epochs(
     assert resumed.precision == "bf16" and list(resumed.milliseconds) == ["bf16"]
     assert done == 3  # one epoch of four left, at the epoch time of that step time
     assert epoch_seconds == pytest.approx(fresh_epoch * resumed.step_ms / fresh.step_ms)
+
+
+def test_a_worker_times_each_model_once_for_all_its_seeds(
+        tiny_run: tuple[Settings, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, _ = tiny_run
+    store = settings.data_dir / "features.zarr"
+    ours = dataclasses.replace(settings, runs_dir=tmp_path / "runs")
+    timed = []
+    real_probe = study_run.measure_step_cost
+
+    def counted(units, network, *args):
+        timed.append((units, network["unit"], network["shifting"]))
+        return real_probe(units, network, *args)
+
+    monkeypatch.setattr(study_run, "measure_step_cost", counted)
+    probed: dict = {}
+    seed_0, _, _ = cell_cost(ours, store, GridConfig("linear", 2, True, 0), probed)
+    seed_1, _, _ = cell_cost(ours, store, GridConfig("linear", 2, True, 1), probed)
+    cell_cost(ours, store, GridConfig("linear", 2, False, 1), probed)  # another model
+    assert seed_1 is seed_0
+    assert timed == [(2, "linear", True), (2, "linear", False)]

@@ -81,6 +81,9 @@ from pipeline.training_state import discard_other_state, saved_progress
 # Training time over the optimiser steps alone: the test pass after every epoch (10,240 videos
 # forward only, against 1,600 training steps of 64) and the checkpoint writes.
 EVAL_OVERHEAD = 1.1
+# What the fit estimate allows for a machine that slows after the probe (the other worker's
+# test pass, a neighbour on a shared host): a run measured at 30 epochs in time stopped at 28.
+SLOWDOWN_MARGIN = 1.2
 
 
 def train_config(settings: Settings, cell: GridConfig, precision: str) -> TrainConfig:
@@ -117,31 +120,39 @@ def saved_epochs(settings: Settings, cell: GridConfig) -> dict[str, int]:
             if identity == train_config(settings, cell, p).resumable_settings()}
 
 
-def cell_cost(settings: Settings, store: Path, cell: GridConfig) -> tuple[StepCost, float, int]:
+def cell_cost(settings: Settings, store: Path, cell: GridConfig,
+              probed: dict[tuple, StepCost] | None = None) -> tuple[StepCost, float, int]:
     """The precision the configuration trains in (a last.pt keeps the one it started in), its
     step time here, the seconds one epoch takes at that rate (EVAL_OVERHEAD for the test pass
-    after it) and the epochs a last.pt already holds."""
+    after it) and the epochs a last.pt already holds. `probed` keeps the step costs a worker
+    measured, so the seeds of one model are timed once."""
     started = saved_epochs(settings, cell)
     features = open_store(store)
     modality = features.modalities[MODALITY]
     network = {"num_classes": len(features.classes), "unit": cell.unit,
                "shifting": cell.shifting, "dropout": DROPOUT, "head": "linear",
                "hidden": settings.schedule.hidden}
-    cost = measure_step_cost(cell.units, network, (modality.positions, modality.dim),
-                             BATCH_SIZE,
-                             tuple(started) or allowed_precisions(settings.schedule, cell.unit),
-                             resolve_device(settings.device))
+    precisions = tuple(started) or allowed_precisions(settings.schedule, cell.unit)
+    model = (cell.units, cell.unit, cell.shifting, precisions)
+    probed = {} if probed is None else probed
+    if model not in probed:
+        probed[model] = measure_step_cost(cell.units, network,
+                                          (modality.positions, modality.dim), BATCH_SIZE,
+                                          precisions, resolve_device(settings.device))
+    cost = probed[model]
     train_rows = int((features.splits[:, 0] == Split.TRAIN).sum())
     steps = train_config(settings, cell, cost.precision).steps_per_epoch(train_rows)
     return cost, steps * cost.step_ms / 1000 * EVAL_OVERHEAD, started.get(cost.precision, 0)
 
 
 def epochs_in_time(settings: Settings, epoch_seconds: float, done: int) -> int:
-    """How many of the schedule's epochs (counting the `done` ones) end before the deadline."""
+    """How many of the schedule's epochs (counting the `done` ones) end before the deadline,
+    with SLOWDOWN_MARGIN to spare."""
     epochs = settings.schedule.epochs
     if settings.deadline is None:
         return epochs
-    fit = done + int(max(settings.deadline - time.time(), 0) / epoch_seconds)
+    left = max(settings.deadline - time.time(), 0)
+    fit = done + int(left / (epoch_seconds * SLOWDOWN_MARGIN))
     return min(epochs, fit)
 
 
@@ -199,6 +210,7 @@ def _train_cells(settings: Settings, store: Path, fingerprint: str) -> int:
     keys = {c.name: cell_key(settings, fingerprint, c) for c in cells}
     epochs = settings.schedule.epochs
     trained = 0
+    probed: dict[tuple, StepCost] = {}
     for index, cell in enumerate(cells, start=1):
         if finished(read_ledger(settings.docs_dir), cell.name, keys[cell.name], epochs):
             continue
@@ -211,7 +223,7 @@ def _train_cells(settings: Settings, store: Path, fingerprint: str) -> int:
             if not mine or (shortened is not None and shortened["epochs"] == epochs):
                 continue  # another process trains it, or just finished it
             with torch_threads():
-                cost, epoch_seconds, done = cell_cost(settings, store, cell)
+                cost, epoch_seconds, done = cell_cost(settings, store, cell, probed)
             reach = epochs_in_time(settings, epoch_seconds, done)
             why_not = skip_reason(settings.schedule.min_epochs, epochs, done, reach, shortened)
             if why_not:
