@@ -38,6 +38,7 @@ from pipeline.study.report import (
     PRECISION_CHECK,
     batched_text,
     precision_text,
+    timing_text,
     write_report,
 )
 from pipeline.study.run import (
@@ -283,6 +284,16 @@ def test_ledger_entries_without_this_runs_key_are_not_results() -> None:
     assert current_results(ledger, {"avg-n001-noshift": None}) == []
 
 
+def test_the_grid_time_is_a_lower_bound_while_an_entry_has_untimed_epochs() -> None:
+    timed = {"seconds": 5400.0, "seconds_per_epoch": [2700.0, 2700.0], "machine": "A"}
+    resumed = {**timed, "seconds": 3600.0, "seconds_per_epoch": [None, 3600.0], "machine": "B"}
+    earlier = {"seconds": 1800.0, "machine": "A"}  # recorded before epoch times were kept
+    assert timing_text([timed]) == "1 finished configuration, 1.5 h of training in all, on A"
+    text = timing_text([timed, resumed, earlier])
+    assert text.startswith("3 finished configurations, 3.0 h of training in all (at least: 2 of")
+    assert text.endswith(", on A; B")
+
+
 def test_attention_mass_matches_its_definition() -> None:
     frame_digit = np.full((3, 25), NOISE, dtype=np.int8)
     frame_digit[0, [1, 2]] = 4
@@ -407,6 +418,7 @@ def test_a_run_cut_short_is_labelled_and_a_run_with_time_finishes_it(
     entries = current_results(read_ledger(ours.docs_dir), keys_of(ours, fingerprint))
     assert [e["epochs"] for e in entries] == [1, 1, 1]
     assert all(len(e["val_top1_per_epoch"]) == 1 for e in entries)
+    first_epoch_seconds = [e["seconds_per_epoch"][0] for e in entries]
     assert all((ours.runs_dir / e["name"] / "last.pt").exists() for e in entries)
     report = (ours.docs_dir / "reproduction.md").read_text()
     assert "(after 1)" in report and "(1 of 1)" in report and "cut short after 1" in report
@@ -428,6 +440,12 @@ def test_a_run_cut_short_is_labelled_and_a_run_with_time_finishes_it(
     assert grid_worker(ours, store, fingerprint, threads=None) == 3
     entries = current_results(read_ledger(ours.docs_dir), keys_of(ours, fingerprint))
     assert [e["epochs"] for e in entries] == [QUICK.epochs] * 3
+    # The time recorded covers both runs' epochs, not only the run that finished them.
+    assert [e["seconds_per_epoch"][0] for e in entries] == first_epoch_seconds
+    for entry in entries:
+        assert len(entry["seconds_per_epoch"]) == QUICK.epochs
+        assert entry["seconds"] == round(sum(entry["seconds_per_epoch"]), 1) > 0
+    assert "h of training in all, on" in (ours.docs_dir / "reproduction.md").read_text()
     assert not any((ours.runs_dir / e["name"] / "last.pt").exists() for e in entries)
     assert "(after" not in (ours.docs_dir / "reproduction.md").read_text()
 

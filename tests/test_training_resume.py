@@ -66,6 +66,10 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(
     final, expected = weights(resumed.checkpoint), weights(straight.checkpoint)
     assert all(torch.equal(final[k], expected[k]) for k in expected)
     assert json.loads((out / "metrics.json").read_text())["epochs"] == straight.history
+    # Each epoch's wall time is kept beside the history, the killed run's through last.pt.
+    assert resumed.epoch_seconds[:3] == saved["epoch_seconds"] and len(resumed.epoch_seconds) == 5
+    assert all(s > 0 for s in resumed.epoch_seconds)
+    assert json.loads((out / "metrics.json").read_text())["epoch_seconds"] == resumed.epoch_seconds
     assert (out / "confusion.png").stat().st_size > 0  # drawn from best.pt after a resume
     assert not (out / LAST_NAME).exists()
 
@@ -81,8 +85,13 @@ def test_a_run_out_of_time_stops_after_an_epoch_and_a_later_run_finishes_it(
     assert short.history == straight.history[:1] and short.epochs == 5
     assert torch.load(out / LAST_NAME, weights_only=True)["progress"]["epoch"] == 1
     assert json.loads((out / "metrics.json").read_text())["epochs"] == short.history
+    # A last.pt written before epoch times were kept: its epochs are untimed (None), not lost.
+    state = torch.load(out / LAST_NAME, weights_only=True)
+    del state["progress"]["epoch_seconds"]
+    torch.save(state, out / LAST_NAME)
     finished = train(store, out, config(), resume=True)
     assert finished.history == straight.history and not (out / LAST_NAME).exists()
+    assert finished.epoch_seconds[0] is None and all(s > 0 for s in finished.epoch_seconds[1:])
     final, expected = weights(finished.checkpoint), weights(straight.checkpoint)
     assert all(torch.equal(final[k], expected[k]) for k in expected)
 

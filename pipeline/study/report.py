@@ -275,10 +275,17 @@ def difficulty_text(lenet: dict[str, Any], results: Sequence[dict[str, Any]]) ->
 
 
 def timing_text(results: Sequence[dict[str, Any]]) -> str:
+    """The grid's training time; a lower bound while some entry's epochs were not all timed
+    (before per-epoch times were kept, a resumed configuration recorded its last run only)."""
     hours = sum(r["seconds"] for r in results) / 3600
     machines = sorted({r["machine"] for r in results})
+    untimed = sum(None in r.get("seconds_per_epoch", [None]) for r in results)
+    bound = (f" (at least: {untimed} of them were recorded before every epoch's time was "
+             "kept, and one continued from an earlier run counts only the run that finished "
+             "it)" if untimed else "")
     return (f"{len(results)} finished configuration{'' if len(results) == 1 else 's'}, "
-            f"{hours:.1f} h of training in all, on {'; '.join(machines) or 'no machine yet'}")
+            f"{hours:.1f} h of training in all{bound}, on "
+            f"{'; '.join(machines) or 'no machine yet'}")
 
 
 def write_report(settings: Settings, report: dict[str, Any]) -> Path:

@@ -175,7 +175,10 @@ def train_cell(settings: Settings, store: Path, cell: GridConfig, key: str,
         "best_top1": max(epochs), "best_epoch": outcome.best_epoch,
         "val_top1_per_epoch": epochs,
         "train_top1_final": outcome.history[-1]["train_accuracy"],
-        "seconds": round(outcome.seconds, 1), "steps": outcome.steps,
+        # Training time over every run that made its epochs (a resumed configuration's
+        # `outcome.seconds` is the last run's only); None: an epoch timed before these were kept.
+        "seconds": round(sum(filter(None, outcome.epoch_seconds)), 1),
+        "seconds_per_epoch": outcome.epoch_seconds, "steps": outcome.steps,
         "precision": cost.precision, "step_ms": cost.milliseconds,
         "machine": f"{machine_description(resolve_device(settings.device))}, "
                    f"{threads_wanted() or torch.get_num_threads()} thread(s)",

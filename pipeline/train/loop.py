@@ -66,6 +66,10 @@ class TrainResult:
     best_epoch: int
     best_metrics: dict[str, float]
     history: list[dict[str, Any]]
+    # Wall seconds of each epoch (training and test pass), beside the history, which stays
+    # what the run learned (equal across machines and resumes); None for an epoch a last.pt
+    # from before these were kept holds.
+    epoch_seconds: list[float | None]
     excluded: dict[str, dict[str, int]]
     streamed: bool
     seconds: float
@@ -264,6 +268,7 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig,
     scheduler = make_scheduler(optimizer, config, epochs)
     headline = headline_metric(task)
     history: list[dict[str, Any]] = []
+    epoch_seconds: list[float | None] = []
     best = BestEpoch(out_dir / "best.pt")
     steps, written_at, first_epoch = 0, time.monotonic(), 1
     saved = restore_training_state(
@@ -271,6 +276,9 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig,
         scheduler=scheduler) if resume else None
     if saved is not None:
         history, steps, first_epoch = saved["history"], saved["steps"], saved["epoch"] + 1
+        timed = saved.get("epoch_seconds")  # absent in a last.pt from before they were kept
+        epoch_seconds = (list(timed) if isinstance(timed, list) and len(timed) == len(history)
+                         else [None] * len(history))
         best.epoch, best.value, best.loss = (saved["best"]["epoch"], saved["best"]["value"],
                                              saved["best"]["loss"])
         if config.progress:
@@ -280,7 +288,7 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig,
         write_json_atomic(out_dir / "metrics.json", {
             "task": task, "split": config.split, "modalities": data.modalities,
             "best_epoch": best_epoch, "planned_epochs": epochs, "steps": steps,
-            "epochs": history,
+            "epochs": history, "epoch_seconds": epoch_seconds,
         })
 
     if config.progress:
@@ -335,6 +343,7 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig,
                 "train_config": dataclasses.asdict(config),
             })
         now = time.time()
+        epoch_seconds.append(round(now - epoch_started, 3))
         stopping = stop_by is not None and now + (now - epoch_started) > stop_by
         if (best.raised or epoch == epochs or stopping
                 or time.monotonic() - written_at >= SAVE_INTERVAL_S):
@@ -345,6 +354,7 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig,
                     out_dir, identity=config.resumable_settings(), model=model,
                     optimizer=optimizer, scheduler=scheduler, progress={
                         "epoch": epoch, "steps": steps, "history": history,
+                        "epoch_seconds": epoch_seconds,
                         "best": {"epoch": best.epoch, "value": best.value, "loss": best.loss}})
             written_at = time.monotonic()
         if config.progress and (epoch % math.ceil(epochs / MAX_EPOCH_LINES) == 0
@@ -374,6 +384,7 @@ def train(store: str | Path, out_dir: str | Path, config: TrainConfig,
         best_epoch=best.epoch,
         best_metrics=history[best.epoch - 1]["val"],
         history=history,
+        epoch_seconds=epoch_seconds,
         excluded={part: dataclasses.asdict(c) for part, c in data.counts.items()},
         streamed=data.streamed,
         seconds=time.perf_counter() - started,
