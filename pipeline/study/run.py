@@ -83,8 +83,10 @@ from pipeline.training_state import discard_other_state, saved_progress
 EVAL_OVERHEAD = 1.1
 # What the fit estimate allows for the probe's error: over the grid's 29 timed results a real
 # step (test pass included) took 0.45-1.9x the probed one times EVAL_OVERHEAD, 8 of them over
-# 1.4x (small clusters, whose step is mostly batching, and machines that slowed after the
-# probe); without it, a run estimated at 30 epochs in time stopped at 28.
+# 1.4x: machines that slowed after the probe (other work started beside the grid), and small
+# clusters, whose 3-6 ms step leaves a tenth to the loop's own work the probe skips (gathering
+# and converting the batch, counting hits: 0.3 ms); without it, a run estimated at 30 epochs
+# in time stopped at 28.
 SLOWDOWN_MARGIN = 1.4
 
 
