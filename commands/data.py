@@ -24,7 +24,7 @@ def data() -> None:
               help="toy: number of clips; flash-mnist: training videos per class.")
 @click.option("--mnist-dir", type=click.Path(path_type=Path),
               help="flash-mnist: folder with MNIST's IDX files [scikit-learn's digits].")
-@click.option("--source", type=click.Choice(("auto", "mnist", "sklearn", "download")),
+@click.option("--source", type=click.Choice(("auto", "mnist", "sklearn", "mnist5k", "download")),
               default="auto", show_default=True,
               help="flash-mnist digits: auto = MNIST when --mnist-dir is given, else sklearn.")
 def data_generate(name: str, out: Path | None, seed: int, videos: int | None,

