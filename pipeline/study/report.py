@@ -321,6 +321,7 @@ def write_report(settings: Settings, report: dict[str, Any]) -> Path:
     schedule, lenet, pool = report["schedule"], report["lenet"], report["digit_pool"]
     results = report["results"]
     sklearn, subset = report["source"].startswith("sklearn"), report["source"] == "mnist5k"
+    make = "make reproduce-mnist5k" if subset else "make reproduce"
     pools = f"{pool['train']:,} train-pool / {pool['test']:,} test-pool images"
     digits = (f"scikit-learn's 8x8 digits upscaled into MNIST's 20x20 box ({pools}), because "
               "this machine is offline and has no MNIST (`--mnist-dir` runs the paper's data "
@@ -332,10 +333,10 @@ def write_report(settings: Settings, report: dict[str, Any]) -> Path:
     lines = [
         "# Flash-MNIST reproduction (the paper's ablation of cluster size, unit and shifting)",
         "",
-        f"Written by `python cli.py reproduce` ({report['created']}) from docs/reproduction.json;"
-        " nothing below is edited by hand. "
+        f"Written by `python cli.py reproduce` ({report['created']}) from reproduction.json "
+        "beside this file; nothing below is edited by hand. "
         f"**{len(results)} of {report['configurations']} configurations finished**"
-        + (f" ({PENDING} = not yet run; `make reproduce` continues the grid)."
+        + (f" ({PENDING} = not yet run; `{make}` continues the grid)."
            if len(results) < report["configurations"] else "."),
         "",
         "## Setup (the authors' code, longxiang92/Flash-MNIST, unless said)",
@@ -351,8 +352,9 @@ def write_report(settings: Settings, report: dict[str, Any]) -> Path:
         f"{lenet['config']['noise_images']:,} noise frames. **11-class accuracy on the noisy "
         f"test set: {100 * lenet['test_accuracy']:.1f}%** (chance 9.1%). {reading_text(lenet)}",
         f"- Attention model: {', '.join(UNIT_LABELS[u] for u in report['units'])} units "
-        f"({schedule['hidden']} tanh hidden units shared by the cluster, the public "
-        f"reproduction's two-layer scorer), shifting with learnable scalars, dropout "
+        + (f"({schedule['hidden']} tanh hidden units shared by the cluster, the public "
+           "reproduction's two-layer scorer)" if "mlp_shared" in report["units"] else "")
+        + ", shifting with learnable scalars, dropout "
         f"{DROPOUT:g}, one fully connected layer to 1024 classes, softmax cross-entropy, Adam "
         f"{schedule['lr']:g}, batch {BATCH_SIZE}, **{schedule['epochs']} epochs**"
         + (f" (except the runs cut short after {', '.join(map(str, short))} epochs, "
@@ -413,14 +415,15 @@ def write_report(settings: Settings, report: dict[str, Any]) -> Path:
         "## Reproduce",
         "",
         "```",
-        "make reproduce                  # continue this grid (resumable; JOBS=2 on two cores)",
+        f"{make:<31} # continue this grid (resumable; JOBS=2 on two cores)",
         "make reproduce ARGS=--quick     # the whole chain in about a minute",
-        "make reproduce JOBS=2 ARGS='--hours 2.5'  # stop within 2.5 h: a configuration too "
+        f"{make} JOBS=2 ARGS='--hours 2.5'  # stop within 2.5 h: a configuration too "
         "long for that runs the epochs that fit (at least 30), labelled",
-        "python cli.py reproduce --device cuda --jobs 1   # on a GPU",
+        f"{make} DEVICE=cuda JOBS=1   # on a GPU",
         "```",
-        "Per-configuration results: `docs/reproduction.json`; checkpoints and curves of the "
-        "configurations trained on a machine: `runs/flash-mnist-grid/` (not committed).",
+        "Per-configuration results: `reproduction.json` beside this file; checkpoints and curves "
+        f"of the configurations trained on a machine: `runs/{settings.runs_dir.name}/` (not "
+        "committed).",
         "",
     ]
     path = settings.docs_dir / "reproduction.md"
