@@ -425,6 +425,10 @@ def test_what_ends_before_the_deadline_decides_what_trains() -> None:
     assert "only 40" in skip_reason(30, 100, 40, 40, None)  # no epoch beyond the saved ones
     assert "40-epoch result stands" in skip_reason(30, 100, 0, 59, {"epochs": 40})
     assert skip_reason(30, 100, 0, 100, {"epochs": 40}) is None  # redone when all fit
+    # A schedule shorter than min_epochs (a reduced run) trains whole or waits.
+    assert "only 7 of its epochs would end" in skip_reason(30, 20, 0, 7, None)
+    assert "at least 20 do" in skip_reason(30, 20, 0, 19, None)
+    assert skip_reason(30, 20, 0, 20, None) is None
 
 
 def keys_of(settings: Settings, fingerprint: str) -> dict[str, str]:

@@ -263,9 +263,10 @@ def skip_reason(min_epochs: int, epochs: int, done: int, reach: int,
     if shortened is not None:
         return (f"its {shortened['epochs']}-epoch result stands until a run has time for all "
                 f"{epochs}")
-    if reach < max(min_epochs, done + 1):
+    needed = min(min_epochs, epochs)  # a schedule shorter than min_epochs runs whole or not
+    if reach < max(needed, done + 1):
         return (f"only {reach} of its epochs would end before the deadline (it trains when "
-                f"at least {min_epochs} do)")
+                f"at least {needed} do)")
     return None
 
 
