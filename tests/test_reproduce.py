@@ -163,6 +163,7 @@ def test_a_real_mnist_run_beside_the_grid_is_quoted_at_the_same_epochs(
     assert "5,000 of MNIST's 70,000 images" in own and "On real MNIST strokes" not in own
     assert "make reproduce-mnist5k DEVICE=cuda JOBS=1" in own and "make reproduce JOBS" not in own
     assert report["units"] == ["linear"] and "hidden units" not in own  # no two-layer units
+    assert "linear (one layer) units, shifting with learnable scalars" in own
 
 
 def test_the_batched_seeds_check_computes_the_separate_gradients_and_is_quoted(

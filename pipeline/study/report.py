@@ -351,8 +351,8 @@ def write_report(settings: Settings, report: dict[str, Any]) -> Path:
         f"batch 64) on {lenet['config']['digit_images']:,} noisy digit images and "
         f"{lenet['config']['noise_images']:,} noise frames. **11-class accuracy on the noisy "
         f"test set: {100 * lenet['test_accuracy']:.1f}%** (chance 9.1%). {reading_text(lenet)}",
-        f"- Attention model: {', '.join(UNIT_LABELS[u] for u in report['units'])} units "
-        + (f"({schedule['hidden']} tanh hidden units shared by the cluster, the public "
+        f"- Attention model: {', '.join(UNIT_LABELS[u] for u in report['units'])} units"
+        + (f" ({schedule['hidden']} tanh hidden units shared by the cluster, the public "
            "reproduction's two-layer scorer)" if "mlp_shared" in report["units"] else "")
         + ", shifting with learnable scalars, dropout "
         f"{DROPOUT:g}, one fully connected layer to 1024 classes, softmax cross-entropy, Adam "
