@@ -153,7 +153,8 @@ def test_a_real_mnist_run_beside_the_grid_is_quoted_at_the_same_epochs(
     assert (f"the LeNet labels {100 * lenet['digit_frame_accuracy']:.1f}% of the test digit "
             f"frames and {100 * lenet['noise_frame_accuracy']:.1f}% of the noise frames right"
             in markdown)
-    assert (f"linear (one layer) N=2 shifting: 50.0% after {QUICK.epochs - 1} epochs (here "
+    assert (f"linear (one layer) N=2 shifting: 50.0% after {QUICK.epochs - 1} epochs (the "
+            "stand-in: "
             f"{100 * here['val_top1_per_epoch'][QUICK.epochs - 2]:.1f}%)" in markdown)
     assert "linear-n002-shift-s1" not in markdown  # seed 0 only
     # And the mnist5k run's own report says which digits it used.
