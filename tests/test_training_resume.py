@@ -150,3 +150,21 @@ def test_bf16_head_leaves_the_attention_in_fp32() -> None:
     assert torch.equal(attention["bf16_head"]["rgb"], plain_attention["rgb"])
     assert not torch.equal(attention["bf16"]["rgb"], plain_attention["rgb"])
     torch.testing.assert_close(logits["bf16_head"].float(), plain_logits, rtol=0.05, atol=0.05)
+
+
+def test_training_takes_denormal_numbers_as_zero_and_restores_the_default(
+        store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Denormals cost x86 CPUs microcode time late in long runs (precision.py)."""
+    tiny = torch.tensor([1e-39])  # below float32's smallest normal number, 1.2e-38
+    seen = []
+    real_epoch = loop.train_epoch
+
+    def looking(*args, **kwargs):
+        seen.append(float(tiny * 1.0))
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_epoch", looking)
+    assert float(tiny * 1.0) > 0
+    train(store, tmp_path, config())
+    assert len(seen) == 5 and set(seen) == {0.0}
+    assert float(tiny * 1.0) > 0  # torch's default again afterwards

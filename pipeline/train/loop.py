@@ -44,7 +44,7 @@ from pipeline.train.metrics import (
     write_per_class_csv,
 )
 from pipeline.train.plots import plot_confusion, plot_curves
-from pipeline.train.precision import forward_in
+from pipeline.train.precision import denormals_flushed, forward_in
 from pipeline.training_state import LAST_NAME, restore_training_state, save_training_state
 
 
@@ -230,6 +230,7 @@ def best_epoch_scores(path: Path, data: SplitData, config: TrainConfig, device: 
 
 
 @torch_threads()  # AC_TORCH_THREADS, else one thread: holds up on a shared machine
+@denormals_flushed()
 def train(store: str | Path, out_dir: str | Path, config: TrainConfig,
           resume: bool = False, stop_by: float | None = None) -> TrainResult:
     """Train on `store` (split `config.split`), validating every epoch; see module doc.
