@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.study.figure import CURVES_NAME, FIGURE_NAME
+from pipeline.study.ledger import read_ledger
 from pipeline.study.settings import (
     BATCH_SIZE,
     DROPOUT,
@@ -282,11 +283,10 @@ def real_mnist_text(docs_dir: Path, results: Sequence[dict[str, Any]]) -> str:
     """The same measurements on real MNIST strokes, from the mnist5k run's ledger when one was
     written beside this one (a reduced run: its own epochs, labelled), each configuration beside
     this grid's at the same epoch."""
-    try:
-        other = json.loads((docs_dir / REAL_MNIST_DIR / "reproduction.json").read_text())
-        lenet, theirs = other["lenet"], other["results"]
-    except (OSError, ValueError, KeyError):
+    other = read_ledger(docs_dir / REAL_MNIST_DIR)
+    if "lenet" not in other or "results" not in other:
         return ""
+    lenet, theirs = other["lenet"], other["results"]
     ours = {r["name"]: r["val_top1_per_epoch"] for r in results}
     pairs = []
     for r in theirs:
