@@ -37,6 +37,7 @@ from pipeline.study.report import (
     DROPOUT_CHECK,
     PRECISION_CHECK,
     REAL_MNIST_DIR,
+    STAND_IN_CHECKS,
     batched_text,
     precision_text,
     timing_text,
@@ -165,6 +166,9 @@ def test_a_real_mnist_run_beside_the_grid_is_quoted_at_the_same_epochs(
     assert "make reproduce-mnist5k DEVICE=cuda JOBS=1" in own and "make reproduce JOBS" not in own
     assert report["units"] == ["linear"] and "hidden units" not in own  # no two-layer units
     assert "linear (one layer) units, shifting with learnable scalars" in own
+    # The bench checks train on the stand-in: its report asks for them, this one points there.
+    assert "not run" in markdown and "not run" not in own
+    assert own.count(STAND_IN_CHECKS) == 3
 
 
 def test_the_batched_seeds_check_computes_the_separate_gradients_and_is_quoted(
