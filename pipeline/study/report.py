@@ -171,12 +171,21 @@ STAND_IN_CHECKS = ("checked on the digits stand-in only, not on this source: see
                    "docs/reproduction.md")
 
 
-def read_check(docs_dir: Path, name: str) -> dict[str, Any] | None:
-    """What a bench/flash_*.py --write-docs check saved (None: not run)."""
+def read_check(docs_dir: Path, name: str, stand_in: bool) -> dict[str, Any] | None:
+    """What a bench/flash_*.py --write-docs check saved (None: not run, or a report on another
+    source than the stand-in those checks train on)."""
+    if not stand_in:
+        return None
     try:
         return json.loads((docs_dir / name).read_text())
     except (OSError, ValueError):
         return None
+
+
+def missing_check(what: str, script: str, stand_in: bool) -> str:
+    """Where a check's figures are when read_check found none."""
+    return (f"({what} not run: `python bench/{script} --write-docs`)" if stand_in
+            else STAND_IN_CHECKS)
 
 
 def seeds_text(run: dict[str, Any], side: str) -> str:
@@ -188,10 +197,10 @@ def seeds_text(run: dict[str, Any], side: str) -> str:
             f"{' / '.join(f'{100 * v:.1f}' for v in by_seed)})")
 
 
-def precision_text(docs_dir: Path) -> str:
-    check = read_check(docs_dir, PRECISION_CHECK)
+def precision_text(docs_dir: Path, stand_in: bool = True) -> str:
+    check = read_check(docs_dir, PRECISION_CHECK, stand_in)
     if check is None:
-        return "(precision check not run: `python bench/flash_precision.py --write-docs`)"
+        return missing_check("precision check", "flash_precision.py", stand_in)
     rows = "; ".join(
         f"{r['config']}: fp32 {seeds_text(r, 'fp32')} vs {r['precision']} "
         f"{seeds_text(r, 'low')} after {r['epochs']} epochs, {r['precision']} "
@@ -202,12 +211,11 @@ def precision_text(docs_dir: Path) -> str:
             f"the store, on a loaded machine): {rows}")
 
 
-def dropout_text(docs_dir: Path) -> str:
+def dropout_text(docs_dir: Path, stand_in: bool = True) -> str:
     """Why the rows without shifting learn so little, from bench/flash_dropout.py."""
-    check = read_check(docs_dir, DROPOUT_CHECK)
+    check = read_check(docs_dir, DROPOUT_CHECK, stand_in)
     if check is None:
-        return ("Without shifting: (dropout check not run: `python bench/flash_dropout.py "
-                "--write-docs`)")
+        return f"Without shifting: {missing_check('dropout check', 'flash_dropout.py', stand_in)}"
     features = check["features"]
     rows = "; ".join(
         f"{r['config']} after {r['epochs']} epochs: {100 * r['grid_top1_per_epoch'][-1]:.1f}% "
@@ -223,12 +231,11 @@ def dropout_text(docs_dir: Path) -> str:
             f"Measured by `bench/flash_dropout.py` (test top-1, no shifting): {rows}.")
 
 
-def batched_text(docs_dir: Path) -> str:
+def batched_text(docs_dir: Path, stand_in: bool = True) -> str:
     """Whether one batched step for a configuration's seeds pays, from bench/flash_batched.py."""
-    check = read_check(docs_dir, BATCHED_CHECK)
+    check = read_check(docs_dir, BATCHED_CHECK, stand_in)
     if check is None:
-        return ("Batching the seeds: (check not run: `python bench/flash_batched.py "
-                "--write-docs`)")
+        return f"Batching the seeds: {missing_check('check', 'flash_batched.py', stand_in)}"
     rows = ", ".join(f"{r['config']} {r['speedup']:.2f}x" for r in check["runs"])
     largest = max(r["max_gradient_difference"] for r in check["runs"])
     best = max(r["speedup"] for r in check["runs"])
@@ -340,10 +347,6 @@ def write_report(settings: Settings, report: dict[str, Any]) -> Path:
               else f"MNIST ({pool['train']:,} train / {pool['test']:,} test)")
     short = sorted({r["epochs"] for r in results if r["epochs"] != schedule["epochs"]})
     curves = [u for u in report["units"] if any(r["unit"] == u for r in results)]
-    precision, batched, dropout = (
-        (precision_text(settings.docs_dir), batched_text(settings.docs_dir),
-         dropout_text(settings.docs_dir)) if sklearn else
-        (STAND_IN_CHECKS, f"Batching the seeds: {STAND_IN_CHECKS}", f"Dropout: {STAND_IN_CHECKS}."))
     lines = [
         "# Flash-MNIST reproduction (the paper's ablation of cluster size, unit and shifting)",
         "",
@@ -377,9 +380,9 @@ def write_report(settings: Settings, report: dict[str, Any]) -> Path:
         f"for N <= {schedule['all_seeds_up_to']} and average pooling (mean ± standard "
         "deviation), seed 0 elsewhere.",
         f"- Precision: {precision_line(schedule['precision'], report['units'])} (weights, Adam "
-        f"and the test evaluation always fp32); {precision}.",
+        f"and the test evaluation always fp32); {precision_text(settings.docs_dir, sklearn)}.",
         f"- Time: {timing_text(results)}.",
-        f"- {batched}.",
+        f"- {batched_text(settings.docs_dir, sklearn)}.",
         "",
         "## Test top-1 (%) after the last epoch",
         "",
@@ -394,7 +397,7 @@ def write_report(settings: Settings, report: dict[str, Any]) -> Path:
            "(`reproduce --hours`; the issue allows 30 where the machine cannot do more); a run "
            "with time for all its epochs redoes it.", ""] if short else []),
         *[f"- {line}" for line in observations(report)],
-        f"- {dropout}",
+        f"- {dropout_text(settings.docs_dir, sklearn)}",
         "",
         "## Test accuracy after every epoch",
         "",
