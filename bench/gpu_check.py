@@ -12,7 +12,8 @@ On a machine with CUDA, in order, each step's figures under its own key:
             (sampled, every process) while the steps ran
 Steps that would pass `--budget-s` (default 420 s, under 8 minutes) are skipped and say so.
 
-Without CUDA it stops at once with one line, "no CUDA device", and exit status 2.
+Without CUDA it stops at once with one line, "no CUDA device", and exit status 2; so it
+does, naming the module, when a package the steps import is missing.
 `--dry-run` runs the same steps on the CPU with tiny sizes (eager flow only, a light TV-L1:
 a CPU compile takes minutes; features on 3 videos with one CPU worker declaring the GPU
 resource; one torch thread), which is what the tests run here.
@@ -222,6 +223,17 @@ def check(dry_run: bool, budget_s: float, log: Callable[[str], None]) -> dict[st
     return result
 
 
+def missing_module() -> str | None:
+    """The first module the steps import that this Python lacks, or None. A bare GPU machine
+    has only what is carried there (docs/benchmarks.md), so the check stops in seconds with
+    its name instead of minutes in, at the step that first needs it."""
+    try:
+        import classify  # noqa: F401  bench/classify.py: features, training, classify
+    except ModuleNotFoundError as error:
+        return error.name or str(error)
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true",
@@ -230,6 +242,12 @@ def main() -> None:
                         help="skip steps that would end later than this [420]")
     parser.add_argument("--json", action="store_true", help="(the output is always JSON)")
     args = parser.parse_args()
+    missing = missing_module()
+    if missing:
+        print(f"gpu-check: Python module '{missing}' is missing; install the project's "
+              "requirements (or, on a bare GPU machine, carry its wheels: docs/benchmarks.md, "
+              "'GPU check')", file=sys.stderr)
+        sys.exit(2)
     if not args.dry_run and not torch.cuda.is_available():
         print(f"gpu-check: no CUDA device (torch {torch.__version__} sees none); "
               "`--dry-run` runs the same steps on the CPU", file=sys.stderr)

@@ -1,9 +1,11 @@
-"""`make gpu-check` (bench/gpu_check.py): one clear line without CUDA, and its dry run (the
-same steps on the CPU with tiny sizes) gives one JSON with every figure."""
+"""`make gpu-check` (bench/gpu_check.py): one clear line without CUDA or without a package it
+needs, and its dry run (the same steps on the CPU with tiny sizes) gives one JSON with every
+figure."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,20 @@ def test_without_cuda_it_stops_with_one_line() -> None:
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1 and "no CUDA device" in done.stderr
+
+
+def test_a_missing_package_is_named_in_one_line(tmp_path: Path) -> None:
+    """As on the bare GPU machine without platformdirs, which librosa's pooch imports: the
+    check stops before any step, naming the module to carry."""
+    absent = tmp_path / "platformdirs"
+    absent.mkdir()
+    (absent / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'platformdirs'\", name='platformdirs')\n")
+    done = subprocess.run([sys.executable, str(SCRIPT), "--dry-run"], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "'platformdirs' is missing" in done.stderr
 
 
 @pytest.mark.slow
