@@ -4,7 +4,8 @@ On a machine with CUDA, in order, each step's figures under its own key:
   tests     the CUDA test cases (`-k cuda` in tests/test_flow.py, test_backbones.py,
             test_cuda.py): counts, and the skip reasons if any were skipped
   tvl1      TV-L1 pairs/s at 340x256 for several batch sizes, eager and compiled (the
-            compile's warm-up apart), and the end-point error against the ground truth
+            compile's warm-up apart), the end-point error against the ground truth, and the
+            warnings of each mode (a compile that failed and ran eager says so there)
   features  videos/s of `features` on a generated toy set with --device cuda: the default
             (one GPU worker batching across videos) and, time permitting, the per-video path
   classify  bench/classify.py on its 10 s clip (load, first video, median of 3, stages)
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -107,26 +109,35 @@ def tvl1(device: str, batches: list[int], modes: list[bool], repeats: int,
     for compiled in modes:
         os.environ[COMPILE_ENV] = "1" if compiled else "0"
         name = "compiled" if compiled else "eager"
-        entry: dict[str, Any] = {"pairs_per_s": {}}
-        for batch in batches:
-            if not budget.allows(60):
-                entry["pairs_per_s"][str(batch)] = "skipped: over the time budget"
-                continue
-            reps = -(-batch // len(prev))
-            a, b = np.tile(prev, (reps, 1, 1))[:batch], np.tile(nxt, (reps, 1, 1))[:batch]
-            rate, first = _pairs_per_s(a, b, device, repeats, params)
-            entry["pairs_per_s"][str(batch)] = round(rate, 1)
-            entry.setdefault("first_call_s", round(first, 2))  # the compile, when compiled
-        few = min(4, batches[0])
-        flow = compute_flow(prev[:few], nxt[:few], "torch", params, device)
-        entry[f"epe_first_{few}"] = round(float(np.mean(
-            [endpoint_error(f, p) for f, p in zip(flow, pairs[:few], strict=True)])), 4)
-        result[name] = entry
+        with warnings.catch_warnings(record=True) as caught:  # a failed compile runs eager:
+            warnings.simplefilter("always")                   # its figures must say so
+            result[name] = _one_mode(prev, nxt, pairs, device, batches, repeats, budget, params)
+        result[name]["warnings"] = sorted({str(w.message)[:300] for w in caught})
     if before is None:
         os.environ.pop(COMPILE_ENV, None)
     else:
         os.environ[COMPILE_ENV] = before
     return result
+
+
+def _one_mode(prev: np.ndarray, nxt: np.ndarray, pairs: list, device: str, batches: list[int],
+              repeats: int, budget: Budget, params: FlowParams) -> dict[str, Any]:
+    """pairs/s per batch size and the end-point error, in the mode AC_FLOW_COMPILE says."""
+    entry: dict[str, Any] = {"pairs_per_s": {}}
+    for batch in batches:
+        if not budget.allows(60):
+            entry["pairs_per_s"][str(batch)] = "skipped: over the time budget"
+            continue
+        reps = -(-batch // len(prev))
+        a, b = np.tile(prev, (reps, 1, 1))[:batch], np.tile(nxt, (reps, 1, 1))[:batch]
+        rate, first = _pairs_per_s(a, b, device, repeats, params)
+        entry["pairs_per_s"][str(batch)] = round(rate, 1)
+        entry.setdefault("first_call_s", round(first, 2))  # the compile, when compiled
+    few = min(4, batches[0])
+    flow = compute_flow(prev[:few], nxt[:few], "torch", params, device)
+    entry[f"epe_first_{few}"] = round(float(np.mean(
+        [endpoint_error(f, p) for f, p in zip(flow, pairs[:few], strict=True)])), 4)
+    return entry
 
 
 def features(device: str, videos: int, workers: int, per_video_too: bool,

@@ -58,3 +58,23 @@ def test_the_dry_run_reports_every_step() -> None:
     assert result["classify"]["total_seconds"] > 0
     assert set(result["classify"]["stage_seconds"]) == {"decode", "flow", "cnn", "audio",
                                                         "model"}
+
+
+def test_a_compile_that_fell_back_to_eager_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no toolchain the compiled TV-L1 runs eager (same maths): the compiled figures of
+    the check must carry that warning, or an eager rate would read as the compiled one."""
+    from extract.flow import tvl1_torch
+
+    def no_toolchain(*args: object) -> None:
+        raise RuntimeError("no C compiler")
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the bench module prepends bench/
+    from bench.gpu_check import DRY_RUN_FLOW, Budget, tvl1
+
+    monkeypatch.setattr(tvl1_torch._Kernels, "_native", staticmethod(lambda: None))
+    monkeypatch.setattr(tvl1_torch, "inner_kernel", no_toolchain)
+    result = tvl1("cpu", [2], [False, True], 1, Budget(600), DRY_RUN_FLOW)
+    assert result["eager"]["warnings"] == []
+    assert [w for w in result["compiled"]["warnings"] if "compilation failed" in w]
+    assert result["compiled"]["pairs_per_s"]["2"] > 0
+    assert result["compiled"]["epe_first_2"] == result["eager"]["epe_first_2"]
