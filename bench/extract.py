@@ -193,6 +193,7 @@ def toy_report(args: argparse.Namespace) -> dict[str, Any]:
         tmp_path = Path(tmp)
         root = args.root or generate_toy(tmp_path / "toy", videos=288, progress=not args.json)
         manifest = load_manifest("ucf101", root)
+        total = len(manifest.existing())  # here: a generated set is gone after the block
         sample = [manifest.path(v) for v in manifest.existing()[:: max(1, 288 // 12)]][:12]
         extractor = VideoFeatureExtractor(profile["modalities"], profile["limits"], "cpu")
         extractor.extract(sample[0])  # warm-up: first-call costs are not per-video costs
@@ -207,7 +208,6 @@ def toy_report(args: argparse.Namespace) -> dict[str, Any]:
                 run["peak_rss_gb_per_worker"] = sorted(
                     round(p, 3) for p in client.run(worker_peak_rss_gb).values())
             runs[workers] = run
-    total = len(manifest.existing())
     return {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "videos_in_toy_set": total,

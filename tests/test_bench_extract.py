@@ -5,17 +5,20 @@ silently compare different work)."""
 
 from __future__ import annotations
 
+from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import bench.extract as bench_extract
 from bench.extract_ours import STAGES
 from bench.peer_extract import init_worker, peer_video, read_frames
 from bench.ucf_clips import FPS, HEIGHT, WIDTH, write_ucf_like_clip
 from extract.video.frames import probe, read_gray_stacks, read_rgb
 from extract.video.media import open_media
+from pipeline.datasets.generated.toy import generate_toy
 from pipeline.features.extractor import VideoFeatureExtractor
 from pipeline.profiles import MODALITY_DEFAULTS
 
@@ -87,3 +90,20 @@ def test_peer_features_have_our_shapes_and_agree(clip: Path, tmp_path: Path) -> 
         # little TV-L1 difference on the first, nearly still, pair moves a stack a lot)
         low, mean = {"rgb": (0.9, 0.95), "flow": (0.6, 0.85), "audio": (0.999, 0.999)}[name]
         assert cosine.min() > low and cosine.mean() > mean, (name, cosine)
+
+
+
+@pytest.mark.slow
+def test_the_toy_report_counts_the_set_it_generated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bench/extract.py --toy` on a set it generates (12 clips instead of 288): both cluster
+    sizes extract the asked clips, and the whole-set estimate counts the set; it once
+    counted 0, looking after the temporary set was gone."""
+    monkeypatch.setattr(bench_extract, "generate_toy", lambda out, videos, progress:
+                        generate_toy(out, seed=3, videos=12, progress=False))
+    report = bench_extract.toy_report(Namespace(root=None, videos=3, json=True))
+    assert report["videos_in_toy_set"] == 12
+    for run in report["runs"].values():
+        assert run["videos"] == 3 and run["counts"]["rgb"]["done"] == 3
+    assert report["estimated_toy_set_minutes_2_workers"] == round(
+        12 / report["videos_per_s_2_workers"] / 60, 1)
+    assert set(report["stage_seconds"]) == {"decode", "flow", "cnn", "audio", "write"}
