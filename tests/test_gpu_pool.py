@@ -19,11 +19,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, as_completed
 
+from pipeline.features import worker_watch
 from pipeline.features.dask_runner import run_tasks
 from pipeline.features.extractor import VideoFeatureExtractor
-from pipeline.features.gpu_pool import GPU, SplitTask, compute_group, drive_auto, worker_roles
+from pipeline.features.gpu_pool import (
+    GPU,
+    SplitTask,
+    compute_group,
+    drive_auto,
+    has_gpu_worker,
+    worker_roles,
+)
 from pipeline.features.run import compute_rows, decode_row, extract_row, run_features
 from pipeline.profiles import load_profile
 from pipeline.store.format import Status
@@ -135,6 +143,26 @@ def test_a_group_failing_as_a_whole_is_retried_item_by_item(gpu_scheduler: str) 
                             on_result=results.__setitem__, driver=drive_auto, progress=False)
     assert results == {row: {"value": 10 * (row + 1)} for row in range(7)}
     assert summary.completed == 7 and summary.counts == {"done": 7} and not summary.interrupted
+
+
+def test_a_model_task_no_worker_can_take_stops_the_run(
+        inprocess_scheduler: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dask holds a task needing GPU=1 until a worker declaring it joins: with the GPU
+    workers gone for good, the watch cancels it and the driver stops with one clear error."""
+    monkeypatch.setattr(worker_watch, "LOST_AFTER_S", 0.5)
+    monkeypatch.setattr(worker_watch, "POLL_S", 0.1)
+    with Client(inprocess_scheduler) as client:
+        future = client.submit(abs, -1, resources={GPU: 1}, pure=False)  # no worker has GPU
+        with worker_watch.WorkerWatch(client, has_gpu_worker, lambda: [future],
+                                      "worker declaring the GPU resource", "a hint") as watch:
+            waited = next(iter(as_completed([future])))  # for ever, without the watch
+            assert watch.lost.is_set() and waited.cancelled()
+            with pytest.raises(worker_watch.WorkersLost, match="worker declaring the GPU "
+                               "resource has been in the Dask cluster for 0 s"):
+                watch.stopped_by_loss(waited)
+        ran = client.submit(abs, -2, pure=False)  # a future the watch did not cancel passes
+        assert ran.result() == 2
+        watch.stopped_by_loss(ran)
 
 
 def test_decode_workers_build_no_networks(toy_dataset: tuple[Path, Path]) -> None:

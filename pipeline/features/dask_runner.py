@@ -32,6 +32,7 @@ from distributed.scheduler import KilledWorker
 
 from extract.errors import UserError
 from pipeline.features.worker_malloc import LOCAL_WORKER_CONFIG, malloc_note, slow_malloc_workers
+from pipeline.features.worker_watch import WorkerWatch, any_worker
 from pipeline.store.format import Status
 
 T = TypeVar("T")
@@ -361,10 +362,12 @@ def _drive(
     bar: Any,
     stops: _StopSignals,
 ) -> None:
-    """One task per item, `limit` in flight, each result handed to `on_result` as it comes."""
+    """One task per item, `limit` in flight, each result handed to `on_result` as it comes;
+    the run stops if no worker is left for good (worker_watch)."""
     run_id = uuid.uuid4().hex[:8]
     prefix = getattr(worker_fn, "__name__", "task")
     rows: dict[Any, int] = {}
+    in_flight: dict[Any, Future] = {}
 
     def submit() -> Future | None:
         item = next(items, None)
@@ -375,10 +378,13 @@ def _drive(
             _guarded, worker_fn, payload, key=f"{prefix}-{run_id}-{row}", pure=False
         )
         rows[future.key] = int(row)
+        in_flight[future.key] = future
         return future
 
     def finish(future: Future) -> int:
         row = rows.pop(future.key)
+        in_flight.pop(future.key)
+        watch.stopped_by_loss(future)
         try:
             result = future.result()
         except (Exception, SystemExit) as exc:  # e.g. an unpicklable result
@@ -387,7 +393,9 @@ def _drive(
         hand_back(row, result, on_result, summary, outcome, bar, stops)
         return 1
 
-    keep_in_flight(client, submit, finish, limit, summary)
+    with WorkerWatch(client, any_worker, lambda: list(in_flight.values()), "worker",
+                     "`dask worker SCHEDULER`") as watch:
+        keep_in_flight(client, submit, finish, limit, summary)
 
 
 def exception_failure(exc: BaseException) -> dict[str, str]:

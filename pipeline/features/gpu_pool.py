@@ -33,6 +33,7 @@ from pipeline.features.dask_runner import (
     keep_in_flight,
     task_failure,
 )
+from pipeline.features.worker_watch import WorkerWatch
 
 GPU = "GPU"
 VIDEOS_PER_GPU_TASK = 8  # enough to fill a GPU batch with a toy or UCF101 profile
@@ -58,6 +59,11 @@ def worker_roles(client: Client) -> tuple[list[str], list[str]]:
     workers = client.scheduler_info(n_workers=-1)["workers"]
     gpu = sorted(addr for addr, info in workers.items() if info.get("resources", {}).get(GPU))
     return gpu, sorted(set(workers) - set(gpu))
+
+
+def has_gpu_worker(client: Client) -> bool:
+    """Some worker declares GPU: a model task can run."""
+    return bool(worker_roles(client)[0])
 
 
 def _is_failure(result: Any) -> bool:
@@ -97,10 +103,12 @@ def _drive_split(client: Client, items: Iterator[tuple[int, Any]], task: SplitTa
                  stops: _StopSignals) -> None:
     """Keep `groups` groups in flight, each a model task on its decode tasks; the items of a
     group whose task fails as a whole (its worker died, its result broke) go again one by
-    one, so one bad item costs only itself."""
+    one, so one bad item costs only itself. If no GPU worker is left for good, the run stops
+    (worker_watch) instead of waiting for one."""
     run_id = uuid.uuid4().hex[:8]
     serial = itertools.count()
     members: dict[Any, list[tuple[int, Any]]] = {}
+    in_flight: dict[Any, Future] = {}
     alone: deque[tuple[int, Any]] = deque()  # items of a failed group, retried one by one
     place = {"workers": cpu, "allow_other_workers": True} if cpu else {}
 
@@ -115,10 +123,13 @@ def _drive_split(client: Client, items: Iterator[tuple[int, Any]], task: SplitTa
         future = client.submit(compute_group, task.compute, task.context, decoded, pure=False,
                                key=f"compute-{run_id}-{n}", resources={GPU: 1})
         members[future.key] = group
+        in_flight[future.key] = future
         return future
 
     def finish(future: Future) -> int:
         group = members.pop(future.key)
+        in_flight.pop(future.key)
+        watch.stopped_by_loss(future)
         try:
             results = future.result()
         except (Exception, SystemExit) as exc:  # KilledWorker, an unpicklable result
@@ -132,4 +143,7 @@ def _drive_split(client: Client, items: Iterator[tuple[int, Any]], task: SplitTa
             hand_back(row, result, on_result, summary, outcome, bar, stops)
         return 1
 
-    keep_in_flight(client, submit, finish, groups, summary)
+    with WorkerWatch(client, has_gpu_worker, lambda: list(in_flight.values()),
+                     "worker declaring the GPU resource",
+                     "`dask worker SCHEDULER --resources GPU=1`") as watch:
+        keep_in_flight(client, submit, finish, groups, summary)

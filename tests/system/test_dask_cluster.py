@@ -14,15 +14,19 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import zarr
 
+from pipeline.features import worker_watch
 from pipeline.features.run import run_features
+from pipeline.features.worker_watch import WorkersLost
 from pipeline.profiles import load_profile
 from pipeline.store.format import Status
 from tests.hostile import clip_dataset
@@ -58,30 +62,47 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
         time.sleep(0.1)
 
 
+class Cluster:
+    """A real `dask scheduler` on 127.0.0.1 and its `dask worker` processes, each in its own
+    process group; `close()` kills them all."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.processes: list[subprocess.Popen] = []
+        scheduler_file = tmp_path / "scheduler.json"
+        self.processes.append(start([str(DASK), "scheduler", "--host", "127.0.0.1", "--port",
+                                     "0", "--no-dashboard", "--scheduler-file",
+                                     str(scheduler_file)], tmp_path / "scheduler.log"))
+        wait_for(scheduler_file.exists, 60, "the scheduler file")
+        wait_for(lambda: "address" in scheduler_file.read_text(), 10, "the address")
+        self.address = json.loads(scheduler_file.read_text())["address"]
+
+    def worker(self, name: str, *options: str) -> subprocess.Popen:
+        """One more worker (one thread), once the scheduler has it."""
+        from distributed import Client
+
+        process = start([str(DASK), "worker", self.address, "--nworkers", "1", "--nthreads",
+                         "1", "--host", "127.0.0.1", "--no-dashboard", "--name", name,
+                         *options], self.tmp_path / f"worker-{name}.log")
+        self.processes.append(process)
+        with Client(self.address, timeout=30) as client:
+            client.wait_for_workers(sum(p.poll() is None for p in self.processes) - 1,
+                                    timeout=120)
+        return process
+
+    def close(self) -> None:
+        for process in self.processes:
+            stop(process)
+
+
 @pytest.fixture()
 def cluster(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen]]]:
     """(scheduler address, [worker A, worker B]); all processes are killed afterwards."""
-    processes: list[subprocess.Popen] = []
-    scheduler_file = tmp_path / "scheduler.json"
+    made = Cluster(tmp_path)
     try:
-        processes.append(start([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                                "--no-dashboard", "--scheduler-file", str(scheduler_file)],
-                               tmp_path / "scheduler.log"))
-        wait_for(scheduler_file.exists, 60, "the scheduler file")
-        wait_for(lambda: "address" in scheduler_file.read_text(), 10, "the address")
-        address = json.loads(scheduler_file.read_text())["address"]
-        workers = [start([str(DASK), "worker", address, "--nworkers", "1", "--nthreads", "1",
-                          "--host", "127.0.0.1", "--no-dashboard", "--name", name],
-                         tmp_path / f"worker-{name}.log") for name in ("a", "b")]
-        processes.extend(workers)
-        from distributed import Client
-
-        with Client(address, timeout=30) as client:
-            client.wait_for_workers(2, timeout=120)
-        yield address, workers
+        yield made.address, [made.worker("a"), made.worker("b")]
     finally:
-        for process in processes:
-            stop(process)
+        made.close()
 
 
 def arrays(path: Path) -> dict[str, np.ndarray]:
@@ -138,3 +159,47 @@ def test_features_on_a_cluster_survive_a_killed_worker(
                                        rtol=1e-2, atol=1e-2, err_msg=key)
         else:
             np.testing.assert_array_equal(result[key], expected[key], err_msg=key)
+
+
+@pytest.mark.slow  # make test-all (CI); the watch itself: test_gpu_pool.py
+def test_features_stop_when_the_gpu_workers_are_lost_then_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster with a CPU worker and one worker declaring GPU=1 loses the GPU one (its
+    machine: nanny and worker) mid-run. Dask would hold the model tasks for ever; the run
+    stops with one clear error instead, keeps every video finished, fails none, and the same
+    run resumes to the end once a GPU worker is back."""
+    monkeypatch.setattr(worker_watch, "LOST_AFTER_S", 6.0)
+    root = clip_dataset(tmp_path / "clips", VIDEOS, seconds=2.0)
+    profile = tmp_path / "cheap.yaml"
+    profile.write_text(CHEAP_PROFILE)
+    out = tmp_path / "gpu.zarr"
+    made = Cluster(tmp_path)
+    try:
+        made.worker("cpu")
+        gpu = made.worker("gpu", "--resources", "GPU=1")
+
+        def features() -> Any:
+            return run_features(kind="folder", root=root, profile=load_profile(profile),
+                                out=out, dataset="clips", scheduler=made.address,
+                                device="cpu", flush_seconds=0, gpu_batch=4, progress=False)
+
+        def lose_the_gpu_machine() -> None:
+            wait_for(lambda: rows_written(out) >= 4, 300, "a first group")
+            os.killpg(gpu.pid, signal.SIGKILL)
+
+        killer = threading.Thread(target=lose_the_gpu_machine)
+        killer.start()
+        started = time.monotonic()
+        with pytest.raises(WorkersLost, match="no worker declaring the GPU resource"):
+            features()
+        killer.join()
+        assert time.monotonic() - started < 240
+        status = zarr.open_group(out, mode="r")["rgb/status"][:]
+        finished = int((status == Status.DONE).sum())
+        assert 4 <= finished < VIDEOS and (status == Status.FAILED).sum() == 0
+        made.worker("gpu-2", "--resources", "GPU=1")
+        assert features().run.counts == {"done": VIDEOS - finished}  # only the rest
+    finally:
+        made.close()
+    status = zarr.open_group(out, mode="r")["rgb/status"][:]
+    assert (status == Status.DONE).sum() == VIDEOS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from pathlib import Path
@@ -9,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from distributed import Client, LocalCluster
 
 from extract.errors import UserError
-from pipeline.features import dask_runner
+from pipeline.features import dask_runner, worker_watch
 from pipeline.features.dask_runner import (
     config_key,
     dask_client,
@@ -278,3 +280,18 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(client, tmp_pat
         for field in ("features", "mask", "time", "status", "error"):
             np.testing.assert_array_equal(a[f"{name}/{field}"][:], b[f"{name}/{field}"][:])
     assert (a["rgb/status"][:] == Status.FAILED).sum() == 12
+
+
+def test_a_cluster_left_without_workers_stops_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An existing cluster whose workers are all gone (their machines lost): Dask would hold
+    the tasks for ever; after LOST_AFTER_S the run stops with one clear error instead."""
+    monkeypatch.setattr(worker_watch, "LOST_AFTER_S", 0.5)
+    monkeypatch.setattr(worker_watch, "POLL_S", 0.1)
+    results: dict[int, dict] = {}
+    lost = pytest.raises(worker_watch.WorkersLost, match="no worker has been in the Dask "
+                         "cluster .* start one \\(`dask worker SCHEDULER`\\)")
+    with LocalCluster(processes=False, n_workers=0, dashboard_address=":0",
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as empty, lost:
+        run_tasks([(0, 1), (1, 2)], features_of, client=empty, on_result=results.__setitem__,
+                  progress=False)
+    assert results == {}

@@ -1,0 +1,81 @@
+"""Stops a run whose remaining tasks no worker can take, instead of waiting for ever.
+
+Dask holds a task until a worker that can run it is there: a model task needs a worker that
+declares the GPU resource, any task needs some worker. On a cluster whose GPU machine (or
+every machine) was lost that never happens, and the run would hang without a word. A local
+worker that dies is restarted by its nanny within seconds, so only a lasting absence counts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+
+from distributed import Client, Future
+
+from extract.errors import UserError
+
+LOST_AFTER_S = 60.0  # a nanny restarts a killed local worker well within this
+POLL_S = 2.0
+
+
+class WorkersLost(UserError):
+    """The workers the run's tasks need have been gone for LOST_AFTER_S seconds."""
+
+
+class WorkerWatch:
+    """While the block runs, checks every POLL_S seconds that `present(client)` holds. Once
+    it has not for LOST_AFTER_S, sets `lost` and cancels `in_flight()`, so that the driver,
+    which waits on those futures, wakes up and stops the run (`stopped_by_loss`)."""
+
+    def __init__(self, client: Client, present: Callable[[Client], bool],
+                 in_flight: Callable[[], Iterable[Future]], missing: str, start: str) -> None:
+        self.client = client
+        self.present = present
+        self.in_flight = in_flight
+        self.missing = missing  # what is gone and how to start one, for the message
+        self.start = start
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="worker-watch", daemon=True)
+
+    def __enter__(self) -> WorkerWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10 * POLL_S)  # daemon: a scheduler call stuck in it must
+                                                # not hold up the run's end
+
+    def _watch(self) -> None:
+        lost_after = LOST_AFTER_S  # read once per run, so a test can shorten it
+        last_seen = time.monotonic()
+        while not self._stop.wait(POLL_S):
+            try:
+                if self.present(self.client):
+                    last_seen = time.monotonic()
+                    continue
+            except Exception:  # noqa: BLE001  the scheduler unreachable: Dask's own errors say so
+                continue
+            if time.monotonic() - last_seen >= lost_after:
+                self.lost.set()
+                self.client.cancel(list(self.in_flight()))
+                return
+
+    def stopped_by_loss(self, future: Future) -> None:
+        """In the driver, for each finished future: raises WorkersLost if the watch cancelled
+        it (finished work is handed back as usual, and the store keeps it)."""
+        if self.lost.is_set() and future.cancelled():
+            raise WorkersLost(
+                f"no {self.missing} has been in the Dask cluster for {LOST_AFTER_S:.0f} s (lost "
+                f"with its machine?); the videos finished so far are in the store: start one "
+                f"({self.start}) and rerun the same command to resume")
+
+
+def any_worker(client: Client) -> bool:
+    """Some worker is connected."""
+    return bool(client.scheduler_info(n_workers=1)["workers"])
