@@ -26,10 +26,10 @@ from pipeline.features.dask_runner import run_tasks
 from pipeline.features.extractor import VideoFeatureExtractor
 from pipeline.features.gpu_pool import (
     GPU,
+    GPU_WORKER,
     SplitTask,
     compute_group,
     drive_auto,
-    has_gpu_worker,
     worker_roles,
 )
 from pipeline.features.run import compute_rows, decode_row, extract_row, run_features
@@ -153,8 +153,7 @@ def test_a_model_task_no_worker_can_take_stops_the_run(
     monkeypatch.setattr(worker_watch, "POLL_S", 0.1)
     with Client(inprocess_scheduler) as client:
         future = client.submit(abs, -1, resources={GPU: 1}, pure=False)  # no worker has GPU
-        with worker_watch.WorkerWatch(client, has_gpu_worker, lambda: [future],
-                                      "worker declaring the GPU resource", "a hint") as watch:
+        with worker_watch.WorkerWatch(client, GPU_WORKER, lambda: [future]) as watch:
             waited = next(iter(as_completed([future])))  # for ever, without the watch
             assert watch.lost.is_set() and waited.cancelled()
             with pytest.raises(worker_watch.WorkersLost, match="worker declaring the GPU "

@@ -32,7 +32,7 @@ from distributed.scheduler import KilledWorker
 
 from extract.errors import UserError
 from pipeline.features.worker_malloc import LOCAL_WORKER_CONFIG, malloc_note, slow_malloc_workers
-from pipeline.features.worker_watch import WorkerWatch, any_worker
+from pipeline.features.worker_watch import ANY_WORKER, Needed, WorkerWatch
 from pipeline.store.format import Status
 
 T = TypeVar("T")
@@ -327,11 +327,17 @@ def _progress_bar(total: int | None, enabled: bool, description: str) -> Iterato
 
 
 def keep_in_flight(client: Client, submit: Callable[[], Future | None],
-                   finish: Callable[[Future], int], limit: int, summary: RunSummary) -> None:
+                   finish: Callable[[Future], int], limit: int, summary: RunSummary,
+                   needed: Needed = ANY_WORKER) -> None:
     """Keep `limit` units of work in flight: `submit()` starts the next one (None when nothing
     is left); `finish(future)` takes a completed one and says how many to start in its place.
-    Ctrl-C marks the run interrupted; whatever is still running is cancelled."""
+    Ctrl-C marks the run interrupted; whatever is still running is cancelled. If the `needed`
+    workers are gone for good, the run stops with WorkersLost (worker_watch)."""
     pending = as_completed(loop=client.loop)
+
+    def in_flight() -> list[Future]:
+        with pending.lock:  # the watch reads from its own thread
+            return list(pending.futures)
 
     def start(count: int) -> None:
         for _ in range(count):
@@ -340,9 +346,11 @@ def keep_in_flight(client: Client, submit: Callable[[], Future | None],
                 pending.add(future)
 
     try:
-        start(limit)
-        for future in pending:
-            start(finish(future))
+        with WorkerWatch(client, needed, in_flight) as watch:
+            start(limit)
+            for future in pending:
+                watch.stopped_by_loss(future)
+                start(finish(future))
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -362,12 +370,10 @@ def _drive(
     bar: Any,
     stops: _StopSignals,
 ) -> None:
-    """One task per item, `limit` in flight, each result handed to `on_result` as it comes;
-    the run stops if no worker is left for good (worker_watch)."""
+    """One task per item, `limit` in flight, each result handed to `on_result` as it comes."""
     run_id = uuid.uuid4().hex[:8]
     prefix = getattr(worker_fn, "__name__", "task")
     rows: dict[Any, int] = {}
-    in_flight: dict[Any, Future] = {}
 
     def submit() -> Future | None:
         item = next(items, None)
@@ -378,13 +384,10 @@ def _drive(
             _guarded, worker_fn, payload, key=f"{prefix}-{run_id}-{row}", pure=False
         )
         rows[future.key] = int(row)
-        in_flight[future.key] = future
         return future
 
     def finish(future: Future) -> int:
         row = rows.pop(future.key)
-        in_flight.pop(future.key)
-        watch.stopped_by_loss(future)
         try:
             result = future.result()
         except (Exception, SystemExit) as exc:  # e.g. an unpicklable result
@@ -393,9 +396,7 @@ def _drive(
         hand_back(row, result, on_result, summary, outcome, bar, stops)
         return 1
 
-    with WorkerWatch(client, any_worker, lambda: list(in_flight.values()), "worker",
-                     "`dask worker SCHEDULER`") as watch:
-        keep_in_flight(client, submit, finish, limit, summary)
+    keep_in_flight(client, submit, finish, limit, summary)
 
 
 def exception_failure(exc: BaseException) -> dict[str, str]:

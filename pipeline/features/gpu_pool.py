@@ -33,7 +33,7 @@ from pipeline.features.dask_runner import (
     keep_in_flight,
     task_failure,
 )
-from pipeline.features.worker_watch import WorkerWatch
+from pipeline.features.worker_watch import Needed
 
 GPU = "GPU"
 VIDEOS_PER_GPU_TASK = 8  # enough to fill a GPU batch with a toy or UCF101 profile
@@ -64,6 +64,10 @@ def worker_roles(client: Client) -> tuple[list[str], list[str]]:
 def has_gpu_worker(client: Client) -> bool:
     """Some worker declares GPU: a model task can run."""
     return bool(worker_roles(client)[0])
+
+
+GPU_WORKER = Needed(has_gpu_worker, "worker declaring the GPU resource",
+                    "`dask worker SCHEDULER --resources GPU=1`")
 
 
 def _is_failure(result: Any) -> bool:
@@ -108,7 +112,6 @@ def _drive_split(client: Client, items: Iterator[tuple[int, Any]], task: SplitTa
     run_id = uuid.uuid4().hex[:8]
     serial = itertools.count()
     members: dict[Any, list[tuple[int, Any]]] = {}
-    in_flight: dict[Any, Future] = {}
     alone: deque[tuple[int, Any]] = deque()  # items of a failed group, retried one by one
     place = {"workers": cpu, "allow_other_workers": True} if cpu else {}
 
@@ -123,13 +126,10 @@ def _drive_split(client: Client, items: Iterator[tuple[int, Any]], task: SplitTa
         future = client.submit(compute_group, task.compute, task.context, decoded, pure=False,
                                key=f"compute-{run_id}-{n}", resources={GPU: 1})
         members[future.key] = group
-        in_flight[future.key] = future
         return future
 
     def finish(future: Future) -> int:
         group = members.pop(future.key)
-        in_flight.pop(future.key)
-        watch.stopped_by_loss(future)
         try:
             results = future.result()
         except (Exception, SystemExit) as exc:  # KilledWorker, an unpicklable result
@@ -143,7 +143,4 @@ def _drive_split(client: Client, items: Iterator[tuple[int, Any]], task: SplitTa
             hand_back(row, result, on_result, summary, outcome, bar, stops)
         return 1
 
-    with WorkerWatch(client, has_gpu_worker, lambda: list(in_flight.values()),
-                     "worker declaring the GPU resource",
-                     "`dask worker SCHEDULER --resources GPU=1`") as watch:
-        keep_in_flight(client, submit, finish, groups, summary)
+    keep_in_flight(client, submit, finish, groups, summary, needed=GPU_WORKER)

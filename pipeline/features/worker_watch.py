@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from types import TracebackType
 
 from distributed import Client, Future
@@ -25,18 +26,26 @@ class WorkersLost(UserError):
     """The workers the run's tasks need have been gone for LOST_AFTER_S seconds."""
 
 
-class WorkerWatch:
-    """While the block runs, checks every POLL_S seconds that `present(client)` holds. Once
-    it has not for LOST_AFTER_S, sets `lost` and cancels `in_flight()`, so that the driver,
-    which waits on those futures, wakes up and stops the run (`stopped_by_loss`)."""
+@dataclass(frozen=True)
+class Needed:
+    """The workers a run's tasks need: whether the cluster has one, and, for the message,
+    what they are and how to start one."""
 
-    def __init__(self, client: Client, present: Callable[[Client], bool],
-                 in_flight: Callable[[], Iterable[Future]], missing: str, start: str) -> None:
+    present: Callable[[Client], bool]
+    what: str
+    start: str
+
+
+class WorkerWatch:
+    """While the block runs, checks every POLL_S seconds that the needed workers are there.
+    Once they have not been for LOST_AFTER_S, sets `lost` and cancels `in_flight()`, so that
+    the driver, which waits on those futures, wakes up and stops the run (`stopped_by_loss`)."""
+
+    def __init__(self, client: Client, needed: Needed,
+                 in_flight: Callable[[], Iterable[Future]]) -> None:
         self.client = client
-        self.present = present
+        self.needed = needed
         self.in_flight = in_flight
-        self.missing = missing  # what is gone and how to start one, for the message
-        self.start = start
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="worker-watch", daemon=True)
@@ -56,7 +65,7 @@ class WorkerWatch:
         last_seen = time.monotonic()
         while not self._stop.wait(POLL_S):
             try:
-                if self.present(self.client):
+                if self.needed.present(self.client):
                     last_seen = time.monotonic()
                     continue
             except Exception:  # noqa: BLE001  the scheduler unreachable: Dask's own errors say so
@@ -71,11 +80,10 @@ class WorkerWatch:
         it (finished work is handed back as usual, and the store keeps it)."""
         if self.lost.is_set() and future.cancelled():
             raise WorkersLost(
-                f"no {self.missing} has been in the Dask cluster for {LOST_AFTER_S:.0f} s (lost "
-                f"with its machine?); the videos finished so far are in the store: start one "
-                f"({self.start}) and rerun the same command to resume")
+                f"no {self.needed.what} has been in the Dask cluster for {LOST_AFTER_S:.0f} s "
+                f"(lost with its machine?); the videos finished so far are in the store: start "
+                f"one ({self.needed.start}) and rerun the same command to resume")
 
 
-def any_worker(client: Client) -> bool:
-    """Some worker is connected."""
-    return bool(client.scheduler_info(n_workers=1)["workers"])
+ANY_WORKER = Needed(lambda client: bool(client.scheduler_info(n_workers=1)["workers"]),
+                    "worker", "`dask worker SCHEDULER`")

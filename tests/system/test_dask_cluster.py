@@ -86,8 +86,8 @@ class Cluster:
                          *options], self.tmp_path / f"worker-{name}.log")
         self.processes.append(process)
         with Client(self.address, timeout=30) as client:
-            client.wait_for_workers(sum(p.poll() is None for p in self.processes) - 1,
-                                    timeout=120)
+            wait_for(lambda: name in {worker["name"] for worker in client.scheduler_info(
+                n_workers=-1)["workers"].values()}, 120, f"worker {name}")
         return process
 
     def close(self) -> None:
