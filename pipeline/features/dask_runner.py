@@ -327,17 +327,20 @@ def _progress_bar(total: int | None, enabled: bool, description: str) -> Iterato
 
 
 def keep_in_flight(client: Client, submit: Callable[[], Future | None],
-                   finish: Callable[[Future], int], limit: int, summary: RunSummary,
-                   needed: Needed = ANY_WORKER) -> None:
+                   finish: Callable[[Any, Any, BaseException | None], int], limit: int,
+                   summary: RunSummary, needed: Needed = ANY_WORKER) -> None:
     """Keep `limit` units of work in flight: `submit()` starts the next one (None when nothing
-    is left); `finish(future)` takes a completed one and says how many to start in its place.
-    Ctrl-C marks the run interrupted; whatever is still running is cancelled. If the `needed`
-    workers are gone for good, the run stops with WorkersLost (worker_watch)."""
+    is left); `finish(key, result, error)` takes a completed one (its result, or the error
+    its future raised: KilledWorker, an unpicklable result) and says how many to start in its
+    place. Ctrl-C marks the run interrupted; whatever is still running is cancelled. If the
+    `needed` workers are gone for good, the run stops with WorkersLost (worker_watch)."""
     pending = as_completed(loop=client.loop)
+    taking: list[Future] = []  # whose result is being fetched: it waits for ever if the
+                               # worker holding it was lost, so the watch may cancel it too
 
     def in_flight() -> list[Future]:
         with pending.lock:  # the watch reads from its own thread
-            return list(pending.futures)
+            return [*pending.futures, *taking]
 
     def start(count: int) -> None:
         for _ in range(count):
@@ -349,8 +352,16 @@ def keep_in_flight(client: Client, submit: Callable[[], Future | None],
         with WorkerWatch(client, needed, in_flight) as watch:
             start(limit)
             for future in pending:
-                watch.stopped_by_loss(future)
-                start(finish(future))
+                taking.append(future)
+                try:
+                    result, error = future.result(), None
+                except (Exception, SystemExit) as exc:
+                    watch.stopped_by_loss(future)
+                    result, error = None, exc
+                finally:
+                    taking.clear()
+                future.release()
+                start(finish(future.key, result, error))
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -386,14 +397,10 @@ def _drive(
         rows[future.key] = int(row)
         return future
 
-    def finish(future: Future) -> int:
-        row = rows.pop(future.key)
-        try:
-            result = future.result()
-        except (Exception, SystemExit) as exc:  # e.g. an unpicklable result
-            result = exception_failure(exc)
-        future.release()
-        hand_back(row, result, on_result, summary, outcome, bar, stops)
+    def finish(key: Any, result: Any, error: BaseException | None) -> int:
+        if error is not None:
+            result = exception_failure(error)
+        hand_back(rows.pop(key), result, on_result, summary, outcome, bar, stops)
         return 1
 
     keep_in_flight(client, submit, finish, limit, summary)

@@ -128,17 +128,13 @@ def _drive_split(client: Client, items: Iterator[tuple[int, Any]], task: SplitTa
         members[future.key] = group
         return future
 
-    def finish(future: Future) -> int:
-        group = members.pop(future.key)
-        try:
-            results = future.result()
-        except (Exception, SystemExit) as exc:  # KilledWorker, an unpicklable result
-            future.release()
+    def finish(key: Any, results: Any, error: BaseException | None) -> int:
+        group = members.pop(key)
+        if error is not None:  # the task failed as a whole: KilledWorker, a broken result
             if len(group) > 1:
                 alone.extend(group)
                 return len(group)
-            results = [exception_failure(exc)]
-        future.release()
+            results = [exception_failure(error)]
         for (row, _), result in zip(group, results, strict=True):
             hand_back(row, result, on_result, summary, outcome, bar, stops)
         return 1

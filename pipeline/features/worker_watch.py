@@ -64,16 +64,19 @@ class WorkerWatch:
         lost_after = LOST_AFTER_S  # read once per run, so a test can shorten it
         last_seen = time.monotonic()
         while not self._stop.wait(POLL_S):
-            try:
-                if self.needed.present(self.client):
-                    last_seen = time.monotonic()
+            if not self.lost.is_set():
+                try:
+                    if self.needed.present(self.client):
+                        last_seen = time.monotonic()
+                        continue
+                except Exception:  # noqa: BLE001  the scheduler unreachable: Dask's errors say so
                     continue
-            except Exception:  # noqa: BLE001  the scheduler unreachable: Dask's own errors say so
-                continue
-            if time.monotonic() - last_seen >= lost_after:
+                if time.monotonic() - last_seen < lost_after:
+                    continue
                 self.lost.set()
-                self.client.cancel(list(self.in_flight()))
-                return
+            # Again at every poll once lost: a result the driver takes later may be waiting
+            # for a lost worker too.
+            self.client.cancel(list(self.in_flight()))
 
     def stopped_by_loss(self, future: Future) -> None:
         """In the driver, for each finished future: raises WorkersLost if the watch cancelled
