@@ -79,8 +79,8 @@ class WorkerWatch:
             self.client.cancel(list(self.in_flight()))
 
     def stopped_by_loss(self, future: Future) -> None:
-        """In the driver, for each finished future: raises WorkersLost if the watch cancelled
-        it (finished work is handed back as usual, and the store keeps it)."""
+        """In the driver, for a future whose result raised: WorkersLost if the watch cancelled
+        it (the results taken before are handed back as usual, and the store keeps them)."""
         if self.lost.is_set() and future.cancelled():
             raise WorkersLost(
                 f"no {self.needed.what} has been in the Dask cluster for {LOST_AFTER_S:.0f} s "
